@@ -1,0 +1,1 @@
+"""Metanoia gateway: verifies and stores telemetry, trades and settles (CPython)."""

@@ -1,0 +1,9 @@
+"""`metanoia device` (placeholder until its module lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("device", help="(not built yet)")

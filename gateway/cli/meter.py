@@ -1,0 +1,9 @@
+"""`metanoia meter` (placeholder until its module lands)."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    sub.add_parser("meter", help="(not built yet)")
