@@ -1,0 +1,1 @@
+"""On-flash storage: the ring buffer that keeps signed readings until acked."""
