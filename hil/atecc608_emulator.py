@@ -271,6 +271,7 @@ class ATECC608Emulator:
     def advance_ms(self, ms):
         """Move virtual time on (watchdog)."""
         self.now_ms += ms
+        self._tick_watchdog()
 
     def set_locked(self, config=None, data=None):
         if config is not None:

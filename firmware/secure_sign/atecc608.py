@@ -306,8 +306,12 @@ class ATECC608:
             try:
                 self._i2c.writeto(self._addr, packet)
             except OSError:
+                # Busy or asleep. Waking here would silently lose TempKey, so
+                # after the retries the caller restarts its whole sequence.
                 self.nacks += 1
-                self.wake()  # asleep (watchdog): wake and resend
+                if attempt == _RETRIES:
+                    raise ATECCNoResponseError("ATECC608 at 0x%02X does not acknowledge" % self._addr)
+                time.sleep_ms(1)
                 continue
             got = self._read_response(max_ms, rsp_len)
             if got == 1 and self._rx[1] == STATUS_COMM_ERROR:
