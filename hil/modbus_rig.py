@@ -96,7 +96,7 @@ class _Loop:
 async def _serve_rtu(sim: EastronSim, link: PtyLink) -> ModbusSerialServer:
     server = ModbusSerialServer([sim.device()], port=link.slave_port,
                                 baudrate=MODELS[sim.model]["baudrate"], parity="N", stopbits=1,
-                                bytesize=8, timeout=1)
+                                bytesize=8, timeout=1, ignore_missing_devices=True)
     await server.serve_forever(background=True)
     return server
 
@@ -130,6 +130,7 @@ class VirtualRig:
         assert self._loop is not None
         if spec.meter in MODELS:
             link = PtyLink(pace=spec.pace)
+            link.units = {spec.unit}
             sim: Any = EastronSim(h, self.clock, spec.meter, spec.unit)
             ep = Endpoints(h.name, spec.meter, spec.unit, sim, meter_port=link.device_port, link=link)
             ep.servers.append(self._loop.run(_serve_rtu(sim, link)))

@@ -13,6 +13,9 @@ What a real line does and a bare pty would not:
   them. So a master at 9600 cannot talk to an SDM120 left at 2400.
 - *Pacing* (``pace=True``): bytes are released at the line's character rate,
   so timeouts and the 3.5-character silence meet realistic transfer times.
+- *Addressing*: requests for a unit not in ``link.units`` (when set) are not
+  delivered, so an absent slave is silent as on a real bus (pymodbus would
+  answer it with an exception).
 - *Faults*, slave to device direction: ``link.drop`` (silent meter),
   ``link.corrupt_frames = n`` (flip a bit in the next n answers: CRC errors),
   ``link.noise = b"..."`` (bytes injected before the next answer).
@@ -52,6 +55,7 @@ class PtyLink:
         self.drop = False
         self.corrupt_frames = 0
         self.noise = b""
+        self.units: set[int] | None = None
         self.bytes = {"to_slave": 0, "to_device": 0, "garbled": 0}
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pty-link", daemon=True)
@@ -99,6 +103,8 @@ class PtyLink:
                 if not data:
                     continue
                 if fd == self._m_dev:
+                    if self.units is not None and data[0] not in self.units:
+                        continue
                     self._transfer(data, self._m_sl, to_device=False)
                 else:
                     # Let the rest of the answer arrive, so faults hit whole frames.
