@@ -65,6 +65,9 @@ class RingBuffer:
         self._dt = 0
         self._ds = 0
         self._dl = 0
+        self._cs = -1  # pending() cursor: sector, offset, its sector seq
+        self._co = 0
+        self._css = 0
         self.appended = 0
         self.dropped = 0
         self.erases = 0
@@ -89,7 +92,9 @@ class RingBuffer:
             return 0
         mv = self._rmv
         self._dev.readblocks(self._first + i, mv[_RH:rs], off + _RH)
-        if crc32(mv[:_RH + ln]) != struct.unpack_from("<I", rb, _RH + ln)[0]:
+        c = crc32(mv[:_RH + ln])
+        p = _RH + ln  # compared in 16-bit halves: no big-int allocation
+        if (c & 0xFFFF) != rb[p] | (rb[p + 1] << 8) or (c >> 16) != rb[p + 2] | (rb[p + 3] << 8):
             return 0
         return rs
 
@@ -144,7 +149,8 @@ class RingBuffer:
         return -2
 
     def _rec_seq(self):
-        return struct.unpack_from("<I", self._rb, 4)[0]
+        rb = self._rb
+        return rb[4] | (rb[5] << 8) | (rb[6] << 16) | (rb[7] << 24)
 
     # -- recovery --------------------------------------------------------
     def _recover(self):
@@ -204,7 +210,7 @@ class RingBuffer:
                         self._last[i] = seq
                         self._cnt[i] += 1
                         nxt = max(nxt, seq + 1)
-                        ack = max(ack, struct.unpack_from("<I", self._rb, 8)[0])
+                        ack = max(ack, struct.unpack_from("<I", self._rb, 8)[0])  # boot only
                 else:
                     ack = max(ack, seq)
                 off += self._rs
@@ -338,12 +344,19 @@ class RingBuffer:
         max_bytes is never returned, so max_bytes must be >= the largest payload.
         """
         out = []
-        floor = self._acked
+        acked = floor = self._acked
         room = max_bytes
-        for i in self._order:
+        order = self._order
+        k0 = 0
+        off0 = _SH
+        if self._cs >= 0 and self._sseq[self._cs] == self._css:
+            k0 = order.index(self._cs)  # resume where acked records end
+            off0 = self._co
+        for k in range(k0, len(order)):
+            i = order[k]
             if self._last[i] <= floor:
                 continue
-            off = _SH
+            off = off0 if k == k0 else _SH
             end = self._end[i]
             while len(out) < max_count:
                 off = self._next_rec(i, off, end)
@@ -360,6 +373,10 @@ class RingBuffer:
                     out.append((seq, bytes(self._rmv[_RH:_RH + n])))
                     room -= n
                     floor = seq
+                elif not out and seq <= acked:
+                    self._cs = i
+                    self._co = off + rs
+                    self._css = self._sseq[i]
                 off += rs
             if len(out) >= max_count:
                 break
