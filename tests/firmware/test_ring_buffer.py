@@ -144,6 +144,18 @@ def test_pending_respects_count_and_byte_limits_oldest_first():
     assert seen == recs[10:] and rb.stats()["pending"] == 0
 
 
+def test_ring_stays_inside_its_blocks_and_takes_memoryview_payloads():
+    f = NorFlash(6)
+    rb = RingBuffer(f, first_block=2, num_blocks=3)
+    for k in range(3 * PER_SECTOR + 3):
+        s = rb.next_seq
+        rb.append(s, memoryview(bytearray(payload(s))))
+    assert f.erases == [0, 0, 2, 1, 1, 0]  # wrapped within blocks 2..4 only
+    assert all(b == 0xFF for b in f.mem[:2 * 4096]) and all(b == 0xFF for b in f.mem[5 * 4096:])
+    got = RingBuffer(f, first_block=2, num_blocks=3).pending(*ALL)
+    assert got[0][0] == PER_SECTOR + 1 and got[-1] == (s, payload(s)) and isinstance(got[0][1], bytes)
+
+
 # -- wrap-around, drops, wear ----------------------------------------------------
 
 def test_full_ring_recycles_oldest_sector_and_counts_dropped():
@@ -206,7 +218,7 @@ def test_wear_backlog_drain_costs_few_ack_records():
             break
         rb.ack(batch[-1][0])
     s = rb.stats()
-    assert s["writes"] - w0 <= 100 + 2  # one 16-byte ack record per batch of 10 (+ headers)
+    assert s["writes"] - w0 == 100  # one 16-byte ack marker per batch of 10 (lag 10 >= 8)
     assert s["erases"] - e0 <= 1
     assert reboot(f).acked_seq == 1000
 
