@@ -409,6 +409,7 @@ def _decode_fast(data: bytes) -> list[Sign1]:
 
 def _decode_strict(data: bytes) -> list[Sign1]:
     p = _Parser(data)
+    items: list[tuple[Any, int, int | None]]
     try:
         if data[0] >> 5 != 4:
             items = [(p.item(0), 0, None)]
