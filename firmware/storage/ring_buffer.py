@@ -345,7 +345,7 @@ class RingBuffer:
         """
         out = []
         acked = floor = self._acked
-        room = max_bytes
+        room = min(max_bytes, 0x3FFFFFFF)  # a small int: no allocation per subtraction
         order = self._order
         k0 = 0
         off0 = _SH
