@@ -141,6 +141,9 @@ class _CborError(Exception):
         self.detail = detail
 
 
+_KEY_TYPES = (int, bytes, str, bool, float, type(None), cbor2.CBORSimpleValue, type(cbor2.undefined))
+
+
 class _Parser:
     """Reads one CBOR item into the value tree cbor2 would give (tuples, dicts,
     CBORTag, CBORSimpleValue), rejecting what is not well-formed (RFC 8949
@@ -234,11 +237,9 @@ class _Parser:
         while (len(out) < arg) if arg is not None else not self._at_break():
             key = self.item(depth + 1)
             value = self.item(depth + 1)
-            try:
-                dup = key in out
-            except TypeError:
-                raise _CborError("keys", f"unusable map key of type {type(key).__name__}") from None
-            if dup:
+            if type(key) not in _KEY_TYPES:  # containers and tags: never a label we use
+                raise _CborError("keys", f"unusable map key of type {type(key).__name__}")
+            if key in out:
                 raise _CborError("keys", f"duplicate map key {key!r}")
             out[key] = value
         return out

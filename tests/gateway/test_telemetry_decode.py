@@ -267,6 +267,14 @@ def test_truncating_or_inserting_never_yields_a_valid_reading():
                 decode_verify(TYPICAL[:i] + bytes((b,)) + TYPICAL[i:])
 
 
+@pytest.mark.parametrize("key", ["80", "a0", "c180", "c1a0", "8180"])
+def test_container_or_tag_map_keys_are_bad_structure_not_a_crash(key):
+    """Found by the mutation fuzz: a tag wrapping an array as a map key is unhashable in cbor2."""
+    msg = b"\xd2\x84\x43\xa1\x01\x26\xa1" + bytes.fromhex(key) + b"\x00" + TYPICAL[18:]
+    assert reason_of(lambda: decode_message(msg)) == "bad_structure"
+    assert reason_of(lambda: decode_message(b"\xa1" + bytes.fromhex(key) + b"\x00")) == "bad_structure"
+
+
 def _only_telemetry_errors(data: bytes) -> list[Reading] | None:
     try:
         return decode_verify(data)
@@ -276,16 +284,18 @@ def _only_telemetry_errors(data: bytes) -> list[Reading] | None:
 
 
 @settings(max_examples=3000, deadline=None)
-@given(st.binary(max_size=400))
-def test_fuzz_arbitrary_bytes_give_telemetry_errors_only(data):
-    assert _only_telemetry_errors(data) is None
-    assert _only_telemetry_errors(b"\xd2\x84" + data) is None
+@given(prefix=st.sampled_from([b"", b"\xd2\x84", b"\xd2\x84\x43\xa1\x01\x26", b"\x81\xd2\x84", b"\xa1", b"\x9f"]),
+       data=st.binary(max_size=400))
+def test_fuzz_arbitrary_bytes_give_telemetry_errors_only(prefix, data):
+    assert _only_telemetry_errors(prefix + data) is None
 
 
 LEAVES = st.one_of(st.integers(-(2**64), 2**64 - 1), st.binary(max_size=70), st.text(max_size=10), st.booleans(),
                    st.none(), st.floats(allow_nan=False), st.just(DEVICE_ID), st.sampled_from([-7, 1, 4, 18]))
 STRUCTS = st.recursive(LEAVES, lambda inner: st.one_of(
-    st.lists(inner, max_size=5), st.dictionaries(st.one_of(st.integers(-3, 10), st.text(max_size=3)), inner, max_size=9),
+    st.lists(inner, max_size=5),
+    st.dictionaries(st.one_of(st.integers(-3, 10), st.text(max_size=3), st.tuples(st.integers(0, 3)),
+                              st.builds(cbor2.CBORTag, st.integers(0, 30), st.integers(0, 5))), inner, max_size=9),
     st.builds(cbor2.CBORTag, st.sampled_from([18, 2, 24, 55799]), inner)), max_leaves=20)
 HEADERS = st.one_of(st.just(b"\xa1\x01\x26"), STRUCTS.map(cbor2.dumps), st.binary(max_size=8))
 PAYLOADS = st.one_of(st.just(bytes.fromhex(READINGS[0]["payload_hex"])),
