@@ -1,0 +1,1 @@
+"""Aggregator: verifies telemetry, acknowledges it, turns it into interval energy."""
