@@ -19,7 +19,7 @@ choices. The Sig_structure is always built with definite, shortest lengths
 Fast path: cbor2's C decoder parses the message; if re-encoding the result
 canonically gives back exactly the input, the input is the unique canonical
 encoding of that value and is taken as parsed (every firmware message takes
-this path). Anything else goes through ``_Parser``, a small strict reader that
+this path). Anything else goes through ``cbor_reader.Reader``, a small strict reader that
 is the authority on what is well-formed, so the reason for a rejection never
 depends on which path saw it first.
 """
@@ -39,6 +39,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 
+from .cbor_reader import CborError, Reader
 from .format import (ALG_ES256, DEVICE_ID_SIZE, FLAGS_ALL, HEADER_ALG, HEADER_KID, I32_MAX, I32_MIN,
                      MAX_BATCH, MAX_MESSAGE_SIZE, MAX_SIGN1_SIZE, PAYLOAD_KEYS, PROTECTED_ES256,
                      SIGNATURE_SIZE, TAG_COSE_SIGN1, U32_MAX, Reading)
@@ -110,7 +111,6 @@ class Sign1:
 
 _TBS_ES256 = b"\x84\x6aSignature1\x43\xa1\x01\x26\x40"
 _SIGN1_ES256 = b"\xd2\x84\x43\xa1\x01\x26\xa1\x04\x49"
-_MAX_DEPTH = 16
 # cbor2 6 decodes arrays to tuples and maps inside them to frozendicts; cbor2 5 to lists and dicts
 _ARRAY = (tuple, list)
 _MAP = (dict, getattr(cbor2, "frozendict", dict))
@@ -130,164 +130,12 @@ def _array_head(n: int) -> bytes:
     return bytes((0x80 | n,)) if n < 24 else bytes((0x98, n))
 
 
-# -- strict CBOR reader ------------------------------------------------------------------
-
-class _CborError(Exception):
-    """Raised by _Parser; ``kind`` is malformed, trailing or keys."""
-
-    def __init__(self, kind: str, detail: str) -> None:
-        super().__init__(detail)
-        self.kind = kind
-        self.detail = detail
-
-
-_KEY_TYPES = (int, bytes, str, bool, float, type(None), cbor2.CBORSimpleValue, type(cbor2.undefined))
-
-
-class _Parser:
-    """Reads one CBOR item into the value tree cbor2 would give (tuples, dicts,
-    CBORTag, CBORSimpleValue), rejecting what is not well-formed (RFC 8949
-    section 3 and appendix F) and maps with duplicate or unhashable keys."""
-
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes, pos: int = 0) -> None:
-        self.data = data
-        self.pos = pos
-
-    def head(self) -> tuple[int, int, int | None]:
-        """(major type, additional info, argument or None for indefinite length)."""
-        data, pos = self.data, self.pos
-        if pos >= len(data):
-            raise _CborError("malformed", "truncated: expected a data item")
-        ib = data[pos]
-        major, ai = ib >> 5, ib & 0x1F
-        pos += 1
-        arg: int | None
-        if ai < 24:
-            arg = ai
-        elif ai < 28:
-            size = 1 << (ai - 24)
-            if pos + size > len(data):
-                raise _CborError("malformed", "truncated: head argument cut short")
-            arg = int.from_bytes(data[pos:pos + size], "big")
-            pos += size
-        elif ai == 31:
-            if major in (0, 1, 6):
-                raise _CborError("malformed", f"indefinite length on major type {major}")
-            if major == 7:
-                raise _CborError("malformed", "break code outside an indefinite-length item")
-            arg = None
-        else:
-            raise _CborError("malformed", f"reserved additional information {ai}")
-        self.pos = pos
-        return major, ai, arg
-
-    def item(self, depth: int = 0) -> Any:
-        if depth > _MAX_DEPTH:
-            raise _CborError("malformed", f"nested deeper than {_MAX_DEPTH}")
-        major, ai, arg = self.head()
-        if major == 0:
-            return arg
-        if major == 1:
-            assert arg is not None
-            return -1 - arg
-        if major in (2, 3):
-            raw = self._string(major, arg)
-            if major == 2:
-                return raw
-            try:
-                return raw.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _CborError("malformed", "text string is not valid UTF-8") from None
-        if major == 4:
-            return tuple(self._items(arg, depth))
-        if major == 5:
-            return self._map(arg, depth)
-        if major == 6:
-            assert arg is not None
-            return cbor2.CBORTag(arg, self.item(depth + 1))
-        return self._simple(ai, arg)
-
-    def _at_break(self) -> bool:
-        """In an indefinite-length container: consume a break code if it is next."""
-        if self.pos >= len(self.data):
-            raise _CborError("malformed", "truncated: container cut short")
-        if self.data[self.pos] == 0xFF:
-            self.pos += 1
-            return True
-        return False
-
-    def _items(self, arg: int | None, depth: int) -> list[Any]:
-        out: list[Any] = []
-        if arg is None:
-            while not self._at_break():
-                out.append(self.item(depth + 1))
-            return out
-        if arg > len(self.data) - self.pos:
-            raise _CborError("malformed", f"truncated: array of {arg} items")
-        for _ in range(arg):
-            out.append(self.item(depth + 1))
-        return out
-
-    def _map(self, arg: int | None, depth: int) -> dict[Any, Any]:
-        out: dict[Any, Any] = {}
-        if arg is not None and 2 * arg > len(self.data) - self.pos:
-            raise _CborError("malformed", f"truncated: map of {arg} pairs")
-        while (len(out) < arg) if arg is not None else not self._at_break():
-            key = self.item(depth + 1)
-            value = self.item(depth + 1)
-            if type(key) not in _KEY_TYPES:  # containers and tags: never a label we use
-                raise _CborError("keys", f"unusable map key of type {type(key).__name__}")
-            if key in out:
-                raise _CborError("keys", f"duplicate map key {key!r}")
-            out[key] = value
-        return out
-
-    def _string(self, major: int, arg: int | None) -> bytes:
-        data = self.data
-        if arg is not None:
-            end = self.pos + arg
-            if end > len(data):
-                raise _CborError("malformed", "truncated: string cut short")
-            raw = data[self.pos:end]
-            self.pos = end
-            return raw
-        chunks = []
-        while not self._at_break():
-            cmajor, _ai, carg = self.head()
-            if cmajor != major or carg is None:
-                raise _CborError("malformed", "indefinite-length string with a bad chunk")
-            chunks.append(self._string(major, carg))
-        return b"".join(chunks)
-
-    @staticmethod
-    def _simple(ai: int, arg: int | None) -> Any:
-        assert arg is not None
-        if ai < 24:
-            if ai == 20:
-                return False
-            if ai == 21:
-                return True
-            if ai == 22:
-                return None
-            if ai == 23:
-                return cbor2.undefined
-            return cbor2.CBORSimpleValue(ai)
-        if ai == 24:
-            if arg < 32:
-                raise _CborError("malformed", f"two-byte simple value {arg} < 32")
-            return cbor2.CBORSimpleValue(arg)
-        fmt, size = {25: (">e", 2), 26: (">f", 4), 27: (">d", 8)}[ai]
-        return struct.unpack(fmt, arg.to_bytes(size, "big"))[0]
-
-
 def _strict_inner(data: bytes, reason: str) -> Any:
     """A CBOR item filling ``data`` exactly (a bstr-wrapped header or payload)."""
-    p = _Parser(data)
+    p = Reader(data)
     try:
         value = p.item(1)
-    except _CborError as e:
+    except CborError as e:
         raise DecodeError(reason, e.detail) from None
     if p.pos != len(data):
         raise DecodeError(reason, f"{len(data) - p.pos} bytes after the CBOR item")
@@ -409,7 +257,7 @@ def _decode_fast(data: bytes) -> list[Sign1]:
 
 
 def _decode_strict(data: bytes) -> list[Sign1]:
-    p = _Parser(data)
+    p = Reader(data)
     items: list[tuple[Any, int, int | None]]
     try:
         if data[0] >> 5 != 4:
@@ -419,14 +267,14 @@ def _decode_strict(data: bytes) -> list[Sign1]:
             if count is not None and count > MAX_BATCH:
                 raise DecodeError("batch_too_large", f"array of {count} messages, at most {MAX_BATCH}")
             items = []
-            while (len(items) < count) if count is not None else not p._at_break():
+            while (len(items) < count) if count is not None else not p.at_break():
                 if len(items) == MAX_BATCH:
                     raise DecodeError("batch_too_large", f"array of more than {MAX_BATCH} messages")
                 start = p.pos
                 items.append((p.item(1), start, p.pos))
             if not items:
                 raise DecodeError("empty_batch", "an empty array holds no message")
-    except _CborError as e:
+    except CborError as e:
         reason = "not_cbor" if e.kind == "malformed" else "bad_structure"
         raise DecodeError(reason, e.detail) from None
     if p.pos != len(data):
