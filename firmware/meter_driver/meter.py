@@ -65,6 +65,7 @@ class Meter:
         self.profile = profile
         self.bus = bus
         self.unit = unit if unit is not None else profile["bus"].get("unit", 1)
+        self.reader: EastronReader | SunSpecReader
         if profile["kind"] == "eastron":
             self.reader = EastronReader(bus, profile, self.unit)
         else:
@@ -75,7 +76,7 @@ class Meter:
         self.stats = {"reads": 0, "read_errors": 0, "backwards": 0}
 
     def read(self):
-        out = {}
+        out: dict = {}
         try:
             self.reader.read(out)
         except ModbusError:
@@ -90,12 +91,14 @@ class Meter:
 
     def info(self):
         """What we know about the device: SunSpec common model, or the profile."""
-        if isinstance(self.reader, SunSpecReader):
-            if self.reader.models is None:
-                self.reader.discover()
-            d = dict(self.reader.device)
-            d["sunspec_base"] = self.reader.base
-            d["models"] = [m[0] for m in self.reader.models]
+        r = self.reader
+        if isinstance(r, SunSpecReader):
+            models = r.models
+            if models is None:
+                models = r.discover()
+            d = dict(r.device)
+            d["sunspec_base"] = r.base
+            d["models"] = [m[0] for m in models]
             return d
         return {"model": self.profile["name"], "description": self.profile.get("description", "")}
 

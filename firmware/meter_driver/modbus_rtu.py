@@ -206,7 +206,7 @@ class ModbusRTU:
         n = 0
         want = 5                # exception frame size until the header says more
         t0 = time.ticks_ms()
-        last = 0
+        last = time.ticks_us()  # time of the last byte; read only once one arrived
         poll = self.char_us if self.char_us < 1000 else 1000
         while n < want:
             k = uart.any()

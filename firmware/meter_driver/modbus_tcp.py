@@ -73,6 +73,7 @@ class ModbusTCP:
             raise ModbusConnectionError("connect %s:%d: %s" % (self.host, self.port, e))
         self._sock = s
         self.stats["reconnects"] += 1
+        return s
 
     def read_holding(self, unit, address, count):
         data = self.read_raw(unit, FC_READ_HOLDING, address, count)
@@ -118,8 +119,7 @@ class ModbusTCP:
             attempt += 1
             st["retries"] += 1
 
-    def _recv_into(self, start, n):
-        s = self._sock
+    def _recv_into(self, s, start, n):
         rx = self._rx
         got = 0
         while got < n:
@@ -135,18 +135,19 @@ class ModbusTCP:
             got += len(chunk)
 
     def _exchange(self, unit, function, address, count):
-        if self._sock is None:
-            self._connect()
+        s = self._sock
+        if s is None:
+            s = self._connect()
         self._tid = (self._tid + 1) & 0xFFFF
         tid = self._tid
         struct.pack_into(">HHHBBHH", self._tx, 0, tid, 0, 6, unit, function, address, count)
         try:
-            self._sock.sendall(self._tx)
+            s.sendall(self._tx)
         except OSError as e:
             if _is_timeout(e):
                 raise ModbusTimeout("send timed out")
             raise ModbusConnectionError("send: %s" % e)
-        self._recv_into(0, _MBAP_LEN)
+        self._recv_into(s, 0, _MBAP_LEN)
         r_tid, r_pid, length, r_unit = struct.unpack_from(">HHHB", self._rx, 0)
         if r_tid != tid or r_pid != 0:
             raise ModbusFrameError("MBAP transaction %d/protocol %d, expected %d/0" % (r_tid, r_pid, tid))
@@ -154,7 +155,7 @@ class ModbusTCP:
             raise ModbusFrameError("MBAP length %d" % length)
         if r_unit != unit:
             raise ModbusFrameError("answer from unit %d, expected %d" % (r_unit, unit))
-        self._recv_into(_MBAP_LEN, length - 1)
+        self._recv_into(s, _MBAP_LEN, length - 1)
         rx = self._rx
         fc = rx[_MBAP_LEN]
         if fc == function | 0x80:

@@ -40,8 +40,8 @@ def decode_point(buf, off, ptype, size=1):
         i = s.find(b"\x00")
         if i >= 0:
             s = s[:i]
-        s = s.decode().strip()
-        return s or None
+        text = s.decode().strip()
+        return text or None
     fmt, sentinel = _FMT[ptype]
     v = struct.unpack_from(fmt, buf, off)[0]
     if v == sentinel or v != v:
@@ -85,8 +85,9 @@ class SunSpecReader:
                 self.specs[i] = m
         self._buf = bytearray(2 * longest)
         self.base = None
-        self.models = None      # [(model id, body address, length)] after discover()
-        self.device = {}        # common model (1) points, read once at discovery
+        # [(model id, body address, length)] after discover()
+        self.models: list[tuple[int, int, int]] | None = None
+        self.device: dict = {}  # common model (1) points, read once at discovery
         self.stats = {"discoveries": 0, "not_implemented": 0}
 
     def discover(self):
@@ -102,7 +103,7 @@ class SunSpecReader:
                 break
         else:
             raise SunSpecError("no SunS marker at %s" % (self.bases,))
-        models = []
+        models: list[tuple[int, int, int]] = []
         addr = base + 2
         for _ in range(self.max_models + 1):
             try:
@@ -123,7 +124,7 @@ class SunSpecReader:
             raise SunSpecError("no end of model chain after %d models" % self.max_models)
         self.base = base
         self.models = models
-        dev = {}
+        dev: dict = {}
         for mid, body, length in models:
             m = self.specs.get(mid)
             if m is not None and m.once:
@@ -161,10 +162,11 @@ class SunSpecReader:
 
     def read(self, out):
         """Fill ``out`` from every supported model; discovers first if needed."""
-        if self.models is None:
-            self.discover()
+        models = self.models
+        if models is None:
+            models = self.discover()
         try:
-            for mid, body, length in self.models:
+            for mid, body, length in models:
                 m = self.specs.get(mid)
                 if m is not None and not m.once:
                     self._decode(m, body, length, out)

@@ -99,7 +99,7 @@ _WORD_ADDRESS = (b"\x00", b"\x01", b"\x02")  # one-byte writes: reset, sleep, id
 class ATECCError(Exception):
     """Base of the driver's errors; ``status`` is the chip's status byte, if any."""
 
-    status = None
+    status: int | None = None
 
 
 class ATECCCheckMacError(ATECCError):

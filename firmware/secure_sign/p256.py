@@ -113,10 +113,10 @@ def _affine(X, Y, Z):
 
 
 def precompute():
-    """Build the comb table for G (once; later calls return immediately)."""
+    """Build the comb table for G (once; later calls return it at once) -> (tx, ty)."""
     global _TX, _TY
-    if _TX is not None:
-        return
+    if _TX is not None and _TY is not None:
+        return _TX, _TY
     w, d = _COMB_W, _COMB_D
     bases = []
     X, Y, Z = GX, GY, 1
@@ -146,14 +146,15 @@ def precompute():
     for idx in range(1, size):
         tx[idx], ty[idx] = _affine(jx[idx], jy[idx], jz[idx])
     _TX, _TY = tx, ty
+    return tx, ty
 
 
 def _mul_g(k):
     """k*G in Jacobian coordinates, by the fixed-base comb (k in [1, N))."""
-    if _TX is None:
-        precompute()
-    kb = k.to_bytes(32, "big")
     tx, ty, p = _TX, _TY, P
+    if tx is None or ty is None:
+        tx, ty = precompute()
+    kb = k.to_bytes(32, "big")
     w, d = _COMB_W, _COMB_D
     X = Y = Z = 0
     for col in range(d - 1, -1, -1):

@@ -343,7 +343,7 @@ class RingBuffer:
         Payloads are fresh bytes objects the caller owns. A record longer than
         max_bytes is never returned, so max_bytes must be >= the largest payload.
         """
-        out = []
+        out: list = []
         acked = floor = self._acked
         room = min(max_bytes, 0x3FFFFFFF)  # a small int: no allocation per subtraction
         order = self._order
