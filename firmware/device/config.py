@@ -19,10 +19,12 @@ DEFAULTS = {
     "ntp_every_s": 3600,
     "mqtt": {"host": "127.0.0.1", "port": 1883, "user": None, "password": None,
              "keepalive": 60, "ssl": False},
-    # Grid meter on RS485: UART id and pins, direction (DE/RE) pin, bus settings.
-    # baudrate/parity None = the profile's default (Eastron ships 9600 8N1 or 2400).
+    # Grid meter on RS485 ("rtu": UART id and pins, direction (DE/RE) pin; baudrate/
+    # parity None = the profile's default, Eastron ships 9600 8N1 or 2400) or a
+    # SunSpec meter on the LAN ("tcp": host, port).
     "grid_meter": {"profile": "sdm630", "bus": "rtu", "uart": 2, "tx": 17, "rx": 16,
-                   "de": 4, "baudrate": None, "parity": None, "unit": 1},
+                   "de": 4, "baudrate": None, "parity": None, "unit": 1,
+                   "host": None, "port": None},
     # PV inverter on the LAN (SunSpec over Modbus TCP); None when the home has no PV.
     "pv_inverter": None,
     # "atecc608" in production; "software" only on dev boards (flagged in readings).
