@@ -29,8 +29,13 @@ def test_dumps_is_byte_identical_to_cbor2_canonical(value):
     assert cbor.dumps(value) == cbor2.dumps(value, canonical=True)
 
 
+# cbor2 gives a few tags meaning while encoding (256 opens a stringref namespace,
+# 25/28/29 are references): their content is not a plain encoding of the value.
+_SEMANTIC_TAGS = {25, 28, 29, 256}
+
+
 @settings(max_examples=200, deadline=None)
-@given(tag=st.one_of(EDGES, st.integers(0, 2**64 - 1)), value=VALUES)
+@given(tag=st.one_of(EDGES, st.integers(0, 2**64 - 1)).filter(lambda t: t not in _SEMANTIC_TAGS), value=VALUES)
 def test_tag_head_matches_cbor2(tag, value):
     buf = bytearray(16)
     n = cbor.put_tag(buf, 0, tag)
