@@ -32,8 +32,10 @@ def decode_ack(msg):
         if n != 1:
             raise ValueError("ack has trailing bytes")
         return ai
-    size = {24: 1, 25: 2, 26: 4, 27: 8}.get(ai)
-    if size is None or n != 1 + size:
+    if ai > 27:
+        raise ValueError("ack has a bad length")
+    size = 1 << (ai - 24)  # additional info 24..27: 1, 2, 4, 8 bytes follow
+    if n != 1 + size:
         raise ValueError("ack has a bad length")
     v = 0
     for i in range(1, n):
