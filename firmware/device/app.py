@@ -68,8 +68,10 @@ def open_signer(scfg):
     if scfg["type"] == "atecc608":
         from secure_sign.atecc608 import ATECC608, ATECC608Signer
 
+        # 100 kHz: the wake pulse (a write to address 0) must hold SDA low for
+        # t_WLO >= 60 us; at 400 kHz it lasts about 20 us and the chip stays asleep.
         i2c = machine.I2C(scfg["i2c"], scl=machine.Pin(scfg["scl"]), sda=machine.Pin(scfg["sda"]),
-                          freq=400000)
+                          freq=100000)
         return ATECC608Signer(ATECC608(i2c, scfg["address"]), scfg["slot"])
     if scfg["type"] == "software":
         import os
