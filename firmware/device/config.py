@@ -7,6 +7,8 @@ Unknown keys are rejected so a typo cannot silently fall back to a default.
 
 import json
 
+from telemetry.cose import MAX_BATCH  # the gateway refuses larger arrays
+
 DEFAULTS = {
     # Microgrid (complex) id: the MQTT topic prefix metanoia/{grid}/{device}/.
     "grid": "demo",
@@ -76,6 +78,6 @@ def load(path="/config.json"):
     cfg = merge(DEFAULTS, user)
     if not isinstance(cfg["interval_s"], int) or cfg["interval_s"] < 1:
         raise ConfigError("interval_s must be a positive integer")
-    if cfg["batch_max"] < 1 or cfg["window"] < cfg["batch_max"]:
-        raise ConfigError("need 1 <= batch_max <= window")
+    if not 1 <= cfg["batch_max"] <= min(cfg["window"], MAX_BATCH):
+        raise ConfigError("need 1 <= batch_max <= window and <= %d" % MAX_BATCH)
     return cfg

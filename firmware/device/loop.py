@@ -17,7 +17,7 @@ import time
 
 from micropython import const
 from telemetry.cose import (FLAG_CLOCK_UNSYNCED, FLAG_COUNTER_BACKWARDS, FLAG_INVERTER_ERROR,
-                            FLAG_METER_ERROR, FLAG_OFFLINE, ReadingEncoder, wrap_array)
+                            FLAG_METER_ERROR, FLAG_OFFLINE, MAX_BATCH, ReadingEncoder, wrap_array)
 
 _POWER_MAX = const(0x7FFFFFFF)
 
@@ -73,12 +73,13 @@ class Device:
         self.acked = ring.acked_seq          # highest seq the gateway acknowledged (0 = none)
         self._last_progress = self.ticks_ms()
         self._next_connect = self._last_progress
+        self._last_ping = self._last_progress
         self._backoff_ms = 1000
         self._last_counts = None             # (import, export, pv) of the last reading
         self.counters = {"readings": 0, "meter_errors": 0, "inverter_errors": 0, "backwards": 0,
                          "published": 0, "messages": 0, "acks": 0, "bad_acks": 0, "resends": 0,
                          "connects": 0, "connect_failures": 0, "publish_failures": 0,
-                         "cmds": 0, "bad_cmds": 0, "link_down": 0}
+                         "cmds": 0, "bad_cmds": 0, "link_down": 0, "pings": 0}
 
     # -- reading --------------------------------------------------------------
     def sample(self):
@@ -142,6 +143,7 @@ class Device:
         # Anything published before but not acknowledged goes out again.
         self.sent_upto = max(self.acked, self._first_pending() - 1)
         self._last_progress = self.ticks_ms()
+        self._last_ping = self._last_progress
         self._backoff_ms = 1000
         self.counters["connects"] += 1
 
@@ -189,7 +191,7 @@ class Device:
                 if k not in ("interval_s", "batch_max"):
                     raise ValueError(k)
                 v = cmd[k]
-                if not isinstance(v, int) or v < 1 or (k == "batch_max" and v > self.cfg["window"]):
+                if not isinstance(v, int) or v < 1 or (k == "batch_max" and v > min(self.cfg["window"], MAX_BATCH)):
                     raise ValueError(k)
             for k in cmd:
                 self.cfg[k] = cmd[k]
@@ -253,6 +255,13 @@ class Device:
                 self.mqtt.check_msg()
             self.publish_pending()
             self.mqtt.check_msg()
+            # Keep the session alive between readings: without a PINGREQ within
+            # 1.5 x keepalive the broker drops us and publishes the last will.
+            now = self.ticks_ms()
+            if time.ticks_diff(now, self._last_ping) > self.cfg["mqtt"]["keepalive"] * 500:
+                self.mqtt.ping()
+                self._last_ping = now
+                self.counters["pings"] += 1
         except Exception as e:
             self.counters["publish_failures"] += 1
             self.drop_connection(repr(e))

@@ -28,6 +28,7 @@ def test_nested_override_keeps_sibling_defaults(tmp_path):
     ({"mqtt": {"hots": "x"}}, "unknown config key mqtt.hots"),
     ({"interval_s": 0}, "interval_s"),
     ({"batch_max": 100, "window": 10}, "batch_max"),
+    ({"batch_max": 65, "window": 128}, "batch_max"),  # the gateway refuses arrays over 64
 ])
 def test_bad_config_is_refused_with_its_reason(tmp_path, bad, why):
     p = tmp_path / "config.json"

@@ -201,6 +201,24 @@ def test_cmd_changes_runtime_settings_and_bad_commands_are_counted(broker):
     assert dev.counters["bad_cmds"] == 4 and dev.cfg["interval_s"] == 15
 
 
+def test_idle_device_pings_the_broker_within_its_keepalive(broker):
+    ticks = [0]
+    dev = make_device(broker, NorFlash(16), mqtt={"keepalive": 4})
+    dev.ticks_ms = lambda: ticks[0]
+    dev._next_connect = 0
+    try:
+        drive(dev, lambda: dev.connected)
+        dev.service()
+        assert dev.counters["pings"] == 0
+        ticks[0] += 2100  # past half the keepalive with nothing to send
+        dev.service()
+        assert dev.counters["pings"] == 1 and dev.connected
+        dev.service()
+        assert dev.counters["pings"] == 1
+    finally:
+        dev.mqtt.disconnect()
+
+
 def test_last_will_marks_the_device_offline(broker):
     import paho.mqtt.client as paho
 
