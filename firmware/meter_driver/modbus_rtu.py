@@ -33,6 +33,7 @@ import time
 
 from micropython import const
 
+from meter_driver.pdu import FC_READ_HOLDING, FC_READ_INPUT, MAX_READ_REGS, check_read, registers
 from meter_driver.errors import (
     ModbusCRCError,
     ModbusExceptionResponse,
@@ -41,9 +42,6 @@ from meter_driver.errors import (
     new_stats,
 )
 
-FC_READ_HOLDING = const(0x03)
-FC_READ_INPUT = const(0x04)
-MAX_READ_REGS = const(125)      # MODBUS Application Protocol 6.3/6.4: 1..125
 _RX_SIZE = const(260)           # address + fc + byte count (<=255) + data + CRC
 _FAST_BAUD = const(19200)       # above it t3.5 = 1750 us and t1.5 = 750 us (2.5.1.1)
 
@@ -123,24 +121,17 @@ class ModbusRTU:
 
     def read_holding(self, unit, address, count):
         """Function 0x03: a list of ``count`` register values."""
-        return self._values(self.read_raw(unit, FC_READ_HOLDING, address, count), count)
+        return registers(self.read_raw(unit, FC_READ_HOLDING, address, count), count)
 
     def read_input(self, unit, address, count):
         """Function 0x04: a list of ``count`` register values."""
-        return self._values(self.read_raw(unit, FC_READ_INPUT, address, count), count)
-
-    @staticmethod
-    def _values(data, count):
-        return [(data[2 * i] << 8) | data[2 * i + 1] for i in range(count)]
+        return registers(self.read_raw(unit, FC_READ_INPUT, address, count), count)
 
     def read_raw(self, unit, function, address, count):
         """One read transaction with retries; a memoryview of the 2*count data bytes."""
-        if function != FC_READ_HOLDING and function != FC_READ_INPUT:
-            raise ValueError("function")
+        check_read(function, address, count)
         if not 1 <= unit <= 247:
             raise ValueError("unit")
-        if not 1 <= count <= MAX_READ_REGS or not 0 <= address or address + count > 0x10000:
-            raise ValueError("address/count")
         build_request(self._tx, unit, function, address, count)
         st = self.stats
         st["requests"] += 1

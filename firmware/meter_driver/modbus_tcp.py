@@ -18,6 +18,7 @@ import struct
 
 from micropython import const
 
+from meter_driver.pdu import FC_READ_HOLDING, FC_READ_INPUT, MAX_READ_REGS, check_read, registers
 from meter_driver.errors import (
     ModbusConnectionError,
     ModbusExceptionResponse,
@@ -26,9 +27,6 @@ from meter_driver.errors import (
     new_stats,
 )
 
-FC_READ_HOLDING = const(0x03)
-FC_READ_INPUT = const(0x04)
-MAX_READ_REGS = const(125)
 _MBAP_LEN = const(7)
 _ETIMEDOUT = const(110)
 
@@ -76,20 +74,15 @@ class ModbusTCP:
         return s
 
     def read_holding(self, unit, address, count):
-        data = self.read_raw(unit, FC_READ_HOLDING, address, count)
-        return [(data[2 * i] << 8) | data[2 * i + 1] for i in range(count)]
+        return registers(self.read_raw(unit, FC_READ_HOLDING, address, count), count)
 
     def read_input(self, unit, address, count):
-        data = self.read_raw(unit, FC_READ_INPUT, address, count)
-        return [(data[2 * i] << 8) | data[2 * i + 1] for i in range(count)]
+        return registers(self.read_raw(unit, FC_READ_INPUT, address, count), count)
 
     def read_raw(self, unit, function, address, count):
-        if function != FC_READ_HOLDING and function != FC_READ_INPUT:
-            raise ValueError("function")
+        check_read(function, address, count)
         if not 0 <= unit <= 255:
             raise ValueError("unit")
-        if not 1 <= count <= MAX_READ_REGS or not 0 <= address or address + count > 0x10000:
-            raise ValueError("address/count")
         st = self.stats
         st["requests"] += 1
         attempt = 0
