@@ -354,16 +354,7 @@ class ATECC608Emulator:
                 self.wakes += 1
                 self._load(None, 0x11)
             return False  # nobody acknowledges address 0
-        if addr != self.address:
-            return False
-        self._tick_watchdog()
-        if self.state != "awake":
-            return False
-        if self._nack:
-            self._nack -= 1
-            return False
-        if self._busy:
-            self._busy -= 1
+        if not self._acknowledges(addr):
             return False
         if len(buf) == 0:
             return True
@@ -380,7 +371,8 @@ class ATECC608Emulator:
             return False  # reserved word address
         return True
 
-    def _read(self, addr, buf):
+    def _acknowledges(self, addr):
+        """Whether the chip ACKs its address now: awake, not executing, no NACK injected."""
         if addr != self.address:
             return False
         self._tick_watchdog()
@@ -391,6 +383,11 @@ class ATECC608Emulator:
             return False
         if self._busy:
             self._busy -= 1
+            return False
+        return True
+
+    def _read(self, addr, buf):
+        if not self._acknowledges(addr):
             return False
         n = len(buf)
         p = self._ptr
