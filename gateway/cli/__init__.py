@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("demo", "meter", "device", "telemetry", "bench")
+COMMANDS = ("demo", "meter", "device", "telemetry", "bench", "gateway")
 
 
 def build_parser() -> argparse.ArgumentParser:
