@@ -30,6 +30,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gw.set_defaults(func=lambda _a: (gw.print_help(), EXIT_USAGE)[1])
     _add_run(gsub)
     _add_gap(gsub)
+    from gateway.cli import gateway_devices  # devices add|list|show|revoke (docs/devices.md)
+    gateway_devices.register(gsub)
 
 
 # -- run ------------------------------------------------------------------------------------
