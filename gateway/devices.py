@@ -238,10 +238,12 @@ def record_from_dict(data: Mapping[str, Any], *, claim_code: str | None = None, 
         raise BadRecordError("no claim: give claim_hash or claim_code (or --claim-code)", "missing_key")
     if len(hashes) != 1:
         raise BadRecordError("the claim code does not match the record's claim_hash", "bad_claim")
+    the_grid = _one(data.get("grid"), grid, "grid")
+    if not the_grid:
+        raise BadRecordError("provisioning record has no grid (or give --grid)", "missing_key")
     return DeviceRecord(
         device_id=device_id, public_key=public_key, claim_hash=hashes.pop(),
-        profile=_one(data.get("profile"), profile, "profile") or DEFAULT_PROFILE,
-        grid=_one(data.get("grid"), grid, "grid") or "",
+        profile=_one(data.get("profile"), profile, "profile") or DEFAULT_PROFILE, grid=the_grid,
         name=_opt_str(data.get("name"), "name"), added_at=now)
 
 
@@ -267,8 +269,6 @@ class DeviceRegistry:
                 rec = replace(rec, added_at=now)
         else:
             rec = record_from_dict(record, claim_code=claim_code, now=now)
-        if not rec.grid:
-            raise BadRecordError("provisioning record has no grid", "missing_key")
         if rec.status != "active" or rec.household is not None or rec.paired_at is not None:
             raise BadRecordError("a new device is active and unpaired", "bad_status")
         try:
