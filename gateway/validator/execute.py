@@ -1,0 +1,263 @@
+"""Execution as pure functions: ``apply_tx`` and ``execute_block``.
+
+``apply_tx(view, vtx, ctx)`` checks one signature-verified transaction against
+the state seen through ``view`` (an Overlay) and, only if every rule holds,
+writes its effects into the overlay and returns a Receipt. On any rule it
+raises ``TxRejected(reason)`` and has written nothing. Checks come first and
+writes go to a per-transaction overlay merged at the end, so the "nothing
+written on failure" property does not depend on the order of the checks.
+
+``execute_block`` runs a block's transactions over a state and returns the new
+accumulator, state root, receipts and the block's writes; it never mutates its
+input. The caller (storage) commits the writes.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from . import errors as E
+from .block import HEADER_SIZE, MAX_BLOCK_SIZE, MAX_BLOCK_TXS, Block, Header, merkle_root
+from .errors import BlockInvalid, DecodeError, TxRejected
+from .genesis import ChainParams
+from .state import (CANCELLED, FILLED, LAST_CHECKPOINT, Escrow, Overlay, Settled, StateView, account_key,
+                    checkpoint_key, decode_escrow, encode_escrow, encode_settled, encode_u64, escrow_key,
+                    get_account, get_last_checkpoint, interval_key, order_key, put_account, settled_key,
+                    state_root, update_accumulator)
+from .tx import FILL, Cancel, Checkpoint, Fill, SettleBatch, Transfer, VerifiedTx, verify_tx
+
+HeaderLookup = Callable[[int], "Header | None"]
+
+
+@dataclass(frozen=True)
+class BlockContext:
+    params: ChainParams
+    height: int
+    timestamp: int
+    header_at: HeaderLookup = lambda h: None  # earlier headers, for checkpoints
+
+
+_RECEIPT = struct.Struct(">32sQIB20s32s")
+
+
+@dataclass(frozen=True)
+class Receipt:
+    tx_hash: bytes
+    height: int
+    index: int
+    type: int
+    sender: bytes
+    fill_id: bytes | None = None  # fills: the order's EIP-712 digest
+
+    def encode(self) -> bytes:
+        return _RECEIPT.pack(self.tx_hash, self.height, self.index, self.type, self.sender,
+                             self.fill_id or b"\x00" * 32)
+
+    @classmethod
+    def decode(cls, raw: bytes) -> Receipt:
+        h, height, index, kind, sender, fid = _RECEIPT.unpack(raw)
+        return cls(h, height, index, kind, sender, fid if kind == FILL else None)
+
+
+def _reject(reason: str, detail: str = "") -> TxRejected:
+    return TxRejected(reason, detail)
+
+
+def apply_tx(view: Overlay, vtx: VerifiedTx, ctx: BlockContext, index: int = 0) -> Receipt:
+    tx = vtx.tx
+    sender = tx.sender
+    acct = get_account(view, sender)
+    if tx.nonce != acct.nonce:
+        raise _reject(E.BAD_NONCE, f"nonce {tx.nonce}, account is at {acct.nonce}")
+    w = Overlay(view)
+    p = tx.payload
+    fill_id = None
+    if isinstance(p, Fill):
+        fill_id = _fill(w, vtx, acct.balance, acct.nonce, ctx)
+    elif isinstance(p, Transfer):
+        if p.amount == 0:
+            raise _reject(E.ZERO_AMOUNT)
+        if acct.balance < p.amount:
+            raise _reject(E.INSUFFICIENT_BALANCE, f"balance {acct.balance} < {p.amount}")
+        put_account(w, sender, acct.balance - p.amount, acct.nonce + 1)
+        to = get_account(w, p.to)
+        put_account(w, p.to, to.balance + p.amount, to.nonce)
+    elif isinstance(p, Cancel):
+        _check_order_open(view, sender, p.order_nonce)
+        w.put(order_key(sender, p.order_nonce), CANCELLED)
+        put_account(w, sender, acct.balance, acct.nonce + 1)
+    elif isinstance(p, SettleBatch):
+        _settle(w, p, sender, ctx)
+        a = get_account(w, sender)  # the authority may also be a maker or taker in the batch
+        put_account(w, sender, a.balance, acct.nonce + 1)
+    elif isinstance(p, Checkpoint):
+        _checkpoint(w, p, sender, ctx)
+        put_account(w, sender, acct.balance, acct.nonce + 1)
+    else:  # pragma: no cover - the decoder produces only the types above
+        raise TypeError(type(p))
+    view.merge(w)
+    return Receipt(vtx.hash, ctx.height, index, tx.type, sender, fill_id)
+
+
+def _check_order_open(view: StateView, maker: bytes, nonce: int) -> None:
+    status = view.get(order_key(maker, nonce))
+    if status == FILLED:
+        raise _reject(E.ORDER_ALREADY_FILLED, f"order nonce {nonce}")
+    if status == CANCELLED:
+        raise _reject(E.ORDER_CANCELLED, f"order nonce {nonce}")
+
+
+def _fill(w: Overlay, vtx: VerifiedTx, balance: int, nonce: int, ctx: BlockContext) -> bytes:
+    assert isinstance(vtx.tx.payload, Fill) and vtx.order_hash is not None
+    o = vtx.tx.payload.signed_order.order
+    taker = vtx.tx.sender
+    if o.wh == 0 or o.noia == 0:
+        raise _reject(E.ZERO_AMOUNT, "order with 0 Wh or 0 NOIA")
+    if ctx.timestamp >= o.expiry:
+        raise _reject(E.ORDER_EXPIRED, f"expiry {o.expiry} <= block time {ctx.timestamp}")
+    if o.maker == taker:
+        raise _reject(E.SELF_FILL)
+    if not o.open_taker and o.taker != taker:
+        raise _reject(E.ORDER_TAKER_MISMATCH)
+    _check_order_open(w, o.maker, o.nonce)
+    if balance < o.noia:
+        raise _reject(E.INSUFFICIENT_BALANCE, f"balance {balance} < {o.noia}")
+    fid = vtx.order_hash
+    put_account(w, taker, balance - o.noia, nonce + 1)
+    w.put(order_key(o.maker, o.nonce), FILLED)
+    w.put(escrow_key(fid), encode_escrow(Escrow(o.maker, taker, o.noia, o.wh, o.interval_start, o.grid)))
+    return fid
+
+
+def _settle(w: Overlay, p: SettleBatch, sender: bytes, ctx: BlockContext) -> None:
+    if sender != ctx.params.complex_authority:
+        raise _reject(E.NOT_AUTHORITY, "only the complex authority settles")
+    if ctx.timestamp < p.interval_start + ctx.params.interval_seconds:
+        raise _reject(E.INTERVAL_NOT_OVER, f"interval {p.interval_start} still open at {ctx.timestamp}")
+    ikey = interval_key(p.grid, p.interval_start)
+    known = w.get(ikey)
+    if known is not None and known != p.evidence_root:
+        raise _reject(E.EVIDENCE_ROOT_CONFLICT, "interval already settled with another evidence root")
+    for e in p.entries:
+        raw = w.get(escrow_key(e.fill_id))
+        if raw is None:
+            if w.get(settled_key(e.fill_id)) is not None:
+                raise _reject(E.FILL_ALREADY_SETTLED, e.fill_id.hex())
+            raise _reject(E.UNKNOWN_FILL, e.fill_id.hex())
+        esc = decode_escrow(raw)
+        if esc.interval_start != p.interval_start:
+            raise _reject(E.INTERVAL_MISMATCH, e.fill_id.hex())
+        if esc.grid != p.grid:
+            raise _reject(E.GRID_MISMATCH, e.fill_id.hex())
+        if e.delivered_wh > esc.wh:
+            raise _reject(E.DELIVERED_EXCEEDS_ORDER, f"{e.delivered_wh} Wh > {esc.wh} Wh")
+        if e.payment + e.refund != esc.noia:
+            raise _reject(E.SETTLE_AMOUNT_MISMATCH, f"{e.payment} + {e.refund} != escrow {esc.noia}")
+        w.delete(escrow_key(e.fill_id))
+        w.put(settled_key(e.fill_id), encode_settled(Settled(e.delivered_wh, e.payment, e.refund)))
+        if e.payment:
+            m = get_account(w, esc.maker)
+            put_account(w, esc.maker, m.balance + e.payment, m.nonce)
+        if e.refund:
+            t = get_account(w, esc.taker)
+            put_account(w, esc.taker, t.balance + e.refund, t.nonce)
+    w.put(ikey, p.evidence_root)
+
+
+def _checkpoint(w: Overlay, p: Checkpoint, sender: bytes, ctx: BlockContext) -> None:
+    if sender not in ctx.params.authorities:
+        raise _reject(E.NOT_AUTHORITY, "only an authority checkpoints")
+    if p.height <= get_last_checkpoint(w):
+        raise _reject(E.CHECKPOINT_NOT_MONOTONIC, f"height {p.height}")
+    h = ctx.header_at(p.height) if p.height < ctx.height else None
+    if h is None or h.hash != p.block_hash or h.state_root != p.state_root:
+        raise _reject(E.CHECKPOINT_UNKNOWN_BLOCK, f"no block {p.block_hash.hex()} at {p.height} with that root")
+    w.put(checkpoint_key(p.height), p.block_hash + p.state_root)
+    w.put(LAST_CHECKPOINT, encode_u64(p.height))
+
+
+# ---- blocks ----------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class BlockResult:
+    accumulator: int
+    state_root: bytes
+    receipts: tuple[Receipt, ...]
+    writes: dict[bytes, bytes | None]
+
+
+def _run(state: StateView, acc: int, vtxs: Sequence[VerifiedTx], ctx: BlockContext) -> BlockResult:
+    ov = Overlay(state)
+    receipts = []
+    for i, vtx in enumerate(vtxs):
+        try:
+            receipts.append(apply_tx(ov, vtx, ctx, i))
+        except TxRejected as exc:
+            raise BlockInvalid(E.TX_REJECTED, f"tx {i}: {exc.reason} {exc.detail}", i) from exc
+    new_acc = update_accumulator(acc, state, ov.writes)
+    return BlockResult(new_acc, state_root(new_acc), tuple(receipts), ov.writes)
+
+
+def execute_block(state: StateView, acc: int, block: Block, parent: Header, params: ChainParams,
+                  header_at: HeaderLookup = lambda h: None,
+                  verified: Sequence[VerifiedTx] | None = None) -> BlockResult:
+    """Validate and execute ``block`` on top of ``parent`` (state and accumulator after parent).
+
+    ``verified``: the block's transactions already checked by ``verify_tx`` (e.g. in a
+    process pool), in block order; None checks them here.
+    """
+    h = block.header
+    if h.chain_id != params.chain_id or h.height != parent.height + 1 or h.parent_hash != parent.hash \
+            or h.timestamp < parent.timestamp:
+        raise BlockInvalid(E.BAD_HEADER, "chain id, height, parent hash or timestamp do not follow the parent")
+    if verified is None:
+        out = []
+        for i, raw in enumerate(block.txs):
+            try:
+                out.append(verify_tx(raw, params.domain))
+            except DecodeError as exc:
+                raise BlockInvalid(E.TX_REJECTED, f"tx {i}: {exc.reason} {exc.detail}", i) from exc
+        verified = out
+    elif len(verified) != len(block.txs) or any(v.raw != r for v, r in zip(verified, block.txs)):
+        raise ValueError("verified transactions do not match the block")
+    if merkle_root([v.hash for v in verified]) != h.tx_root:
+        raise BlockInvalid(E.TX_ROOT_MISMATCH)
+    res = _run(state, acc, verified, BlockContext(params, h.height, h.timestamp, header_at))
+    if res.state_root != h.state_root:
+        raise BlockInvalid(E.STATE_ROOT_MISMATCH, f"computed {res.state_root.hex()}")
+    return res
+
+
+def build_block(state: StateView, acc: int, parent: Header, candidates: Sequence[VerifiedTx],
+                params: ChainParams, proposer: bytes, timestamp: int, round: int = 0,
+                header_at: HeaderLookup = lambda h: None,
+                ) -> tuple[Block, BlockResult, list[tuple[VerifiedTx, TxRejected]]]:
+    """The proposer's side: apply candidates in order, drop the rejected ones, seal a block.
+
+    Candidates beyond the block's caps are left out (neither kept nor rejected).
+    """
+    height = parent.height + 1
+    ctx = BlockContext(params, height, timestamp, header_at)
+    ov = Overlay(state)
+    kept: list[VerifiedTx] = []
+    receipts: list[Receipt] = []
+    rejected: list[tuple[VerifiedTx, TxRejected]] = []
+    size = HEADER_SIZE + 4
+    for vtx in candidates:
+        if len(kept) >= MAX_BLOCK_TXS or size + 4 + len(vtx.raw) > MAX_BLOCK_SIZE:
+            break
+        try:
+            receipts.append(apply_tx(ov, vtx, ctx, len(kept)))
+            kept.append(vtx)
+            size += 4 + len(vtx.raw)
+        except TxRejected as exc:
+            rejected.append((vtx, exc))
+    new_acc = update_accumulator(acc, state, ov.writes)
+    root = state_root(new_acc)
+    header = Header(params.chain_id, height, round, parent.hash, proposer, timestamp,
+                    merkle_root([v.hash for v in kept]), root)
+    block = Block(header, tuple(v.raw for v in kept))
+    return block, BlockResult(new_acc, root, tuple(receipts), ov.writes), rejected
+

@@ -1,0 +1,233 @@
+"""The chain state as key-value bytes, the write overlay, and the state root.
+
+Keys (prefix byte + fixed-width fields) and values::
+
+    'A' address               -> balance u256 | nonce u64          (account)
+    'O' maker | nonce u256    -> 1 filled | 2 cancelled             (order nonces used)
+    'E' fill id               -> maker | taker | noia u256 | wh u64 | intervalStart u64 | grid 32  (escrow)
+    'S' fill id               -> deliveredWh u64 | payment u256 | refund u256   (settled fills)
+    'I' grid | intervalStart  -> evidence root 32                  (settled intervals)
+    'C' height u64            -> block hash | state root           (checkpoints)
+    'K'                       -> height u64                         (last checkpoint)
+
+A fill's id is its order's EIP-712 digest: the same on this chain and on the
+EVM exchange, known to maker and taker before the fill lands.
+
+State root: an additive multiset hash (AdHash, Bellare-Micciancio) over all
+(key, value) pairs. Each pair maps to a 4096-bit element
+``SHAKE-256("metanoia/state/v1" | len(key) | key | value)``; the accumulator
+is their sum mod 2**4096 and the root is keccak256 of the accumulator. A block
+changes the accumulator by subtracting the old element and adding the new one
+for each key it writes: O(keys written), no tree to rebalance, independent of
+history (two nodes with the same set of pairs have the same root, however they
+got there), and recomputable from a state dump. Generalised-birthday
+(Wagner) attacks on a sum modulo 2**4096 cost about 2**(2*sqrt(4096)) = 2**128.
+What it does not give is a short proof of one key: light-client state proofs
+would need a tree (see docs/chain.md).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import struct
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Protocol
+
+from .crypto import keccak256
+
+ACCOUNT, ORDER, ESCROW, SETTLED, INTERVAL, CHECKPOINT, LAST_CHECKPOINT = b"A", b"O", b"E", b"S", b"I", b"C", b"K"
+FILLED, CANCELLED = b"\x01", b"\x02"
+
+_ACCOUNT = struct.Struct(">32sQ")
+_ESCROW = struct.Struct(">20s20s32sQQ32s")
+_SETTLED = struct.Struct(">Q32s32s")
+_U64 = struct.Struct(">Q")
+
+
+class StateView(Protocol):
+    def get(self, key: bytes) -> bytes | None: ...
+
+
+class Overlay:
+    """Writes over a read-only view; ``None`` marks a deletion. Never touches the base."""
+
+    __slots__ = ("base", "writes")
+
+    def __init__(self, base: StateView) -> None:
+        self.base = base
+        self.writes: dict[bytes, bytes | None] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        w = self.writes
+        if key in w:
+            return w[key]
+        return self.base.get(key)
+
+    def put(self, key: bytes, value: bytes) -> None:
+        self.writes[key] = value
+
+    def delete(self, key: bytes) -> None:
+        self.writes[key] = None
+
+    def merge(self, child: Overlay) -> None:
+        self.writes.update(child.writes)
+
+
+class DictState:
+    """A plain in-memory state (genesis, tests, the memory store)."""
+
+    __slots__ = ("data",)
+
+    def __init__(self, data: Mapping[bytes, bytes] | None = None) -> None:
+        self.data: dict[bytes, bytes] = dict(data or {})
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.data.get(key)
+
+    def apply(self, writes: Mapping[bytes, bytes | None]) -> None:
+        for k, v in writes.items():
+            if v is None:
+                self.data.pop(k, None)
+            else:
+                self.data[k] = v
+
+
+# ---- typed records -------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Account:
+    balance: int = 0
+    nonce: int = 0
+
+
+@dataclass(frozen=True)
+class Escrow:
+    maker: bytes
+    taker: bytes
+    noia: int
+    wh: int
+    interval_start: int
+    grid: bytes
+
+
+@dataclass(frozen=True)
+class Settled:
+    delivered_wh: int
+    payment: int
+    refund: int
+
+
+def account_key(addr: bytes) -> bytes:
+    return ACCOUNT + addr
+
+
+def order_key(maker: bytes, nonce: int) -> bytes:
+    return ORDER + maker + nonce.to_bytes(32, "big")
+
+
+def escrow_key(fill_id: bytes) -> bytes:
+    return ESCROW + fill_id
+
+
+def settled_key(fill_id: bytes) -> bytes:
+    return SETTLED + fill_id
+
+
+def interval_key(grid: bytes, interval_start: int) -> bytes:
+    return INTERVAL + grid + _U64.pack(interval_start)
+
+
+def checkpoint_key(height: int) -> bytes:
+    return CHECKPOINT + _U64.pack(height)
+
+
+def get_account(view: StateView, addr: bytes) -> Account:
+    raw = view.get(ACCOUNT + addr)
+    if raw is None:
+        return Account()
+    bal, nonce = _ACCOUNT.unpack(raw)
+    return Account(int.from_bytes(bal, "big"), nonce)
+
+
+def put_account(view: Overlay, addr: bytes, balance: int, nonce: int) -> None:
+    view.writes[ACCOUNT + addr] = _ACCOUNT.pack(balance.to_bytes(32, "big"), nonce)
+
+
+def encode_escrow(e: Escrow) -> bytes:
+    return _ESCROW.pack(e.maker, e.taker, e.noia.to_bytes(32, "big"), e.wh, e.interval_start, e.grid)
+
+
+def decode_escrow(raw: bytes) -> Escrow:
+    maker, taker, noia, wh, start, grid = _ESCROW.unpack(raw)
+    return Escrow(maker, taker, int.from_bytes(noia, "big"), wh, start, grid)
+
+
+def encode_settled(s: Settled) -> bytes:
+    return _SETTLED.pack(s.delivered_wh, s.payment.to_bytes(32, "big"), s.refund.to_bytes(32, "big"))
+
+
+def decode_settled(raw: bytes) -> Settled:
+    wh, pay, ref = _SETTLED.unpack(raw)
+    return Settled(wh, int.from_bytes(pay, "big"), int.from_bytes(ref, "big"))
+
+
+def get_last_checkpoint(view: StateView) -> int:
+    raw = view.get(LAST_CHECKPOINT)
+    return 0 if raw is None else _U64.unpack(raw)[0]
+
+
+def encode_u64(v: int) -> bytes:
+    return _U64.pack(v)
+
+
+# ---- the state root ------------------------------------------------------------------------
+
+ACC_BITS = 4096
+ACC_BYTES = ACC_BITS // 8
+ACC_MASK = (1 << ACC_BITS) - 1
+_ELEM_TAG = b"metanoia/state/v1"
+_ROOT_TAG = b"metanoia/state-root/v1"
+
+
+def element(key: bytes, value: bytes) -> int:
+    return int.from_bytes(hashlib.shake_256(_ELEM_TAG + bytes((len(key),)) + key + value).digest(ACC_BYTES), "little")
+
+
+def accumulate(items: Iterable[tuple[bytes, bytes]]) -> int:
+    """The accumulator of a whole state, from scratch."""
+    acc = 0
+    for k, v in items:
+        acc += element(k, v)
+    return acc & ACC_MASK
+
+
+def update_accumulator(acc: int, base: StateView, writes: Mapping[bytes, bytes | None]) -> int:
+    """The accumulator after ``writes`` land on ``base`` (whose accumulator is ``acc``)."""
+    add = 0
+    sub = 0
+    get = base.get
+    for k, new in writes.items():
+        old = get(k)
+        if old == new:
+            continue
+        if old is not None:
+            sub += element(k, old)
+        if new is not None:
+            add += element(k, new)
+    return (acc + add - sub) & ACC_MASK
+
+
+def state_root(acc: int) -> bytes:
+    return keccak256(_ROOT_TAG + acc.to_bytes(ACC_BYTES, "little"))
+
+
+def total_money(items: Iterable[tuple[bytes, bytes]]) -> int:
+    """Sum of all balances plus all escrows: constant under every valid transaction."""
+    total = 0
+    for k, v in items:
+        if k[:1] == ACCOUNT:
+            total += int.from_bytes(v[:32], "big")
+        elif k[:1] == ESCROW:
+            total += decode_escrow(v).noia
+    return total

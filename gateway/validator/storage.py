@@ -1,0 +1,234 @@
+"""Chain storage behind one small interface, in memory and in SQLite.
+
+A store holds the state key-values, the state accumulator, the blocks and the
+receipts. ``commit_block`` is the only way to change it: the block, its
+receipts, its state writes and the new accumulator land together or not at
+all (one SQLite transaction, ``synchronous=FULL`` per gateway/db.py, so a
+commit that returned survives a power cut and a crash at any point leaves the
+previous block as the head). Reopening a store gives the same head and root;
+the store refuses to open when the stored accumulator and the head's state
+root disagree.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+from typing import Protocol
+
+from gateway import db
+
+from .block import Block, Header, decode_block
+from .errors import StorageError
+from .execute import BlockResult, Receipt
+from .genesis import Genesis
+from .state import ACC_BYTES, accumulate, state_root
+
+NOT_INITIALISED = "not_initialised"
+NOT_NEXT_BLOCK = "not_next_block"
+ROOT_MISMATCH = "root_mismatch"
+GENESIS_MISMATCH = "genesis_mismatch"
+
+
+class ChainStore(Protocol):
+    """What the validator needs from storage."""
+
+    def get(self, key: bytes) -> bytes | None: ...
+    @property
+    def head(self) -> Header: ...
+    @property
+    def accumulator(self) -> int: ...
+    def header_at(self, height: int) -> Header | None: ...
+    def block_at(self, height: int) -> Block | None: ...
+    def receipt(self, tx_hash: bytes) -> Receipt | None: ...
+    def commit_block(self, block: Block, result: BlockResult) -> None: ...
+    def items(self) -> Iterator[tuple[bytes, bytes]]: ...
+    def close(self) -> None: ...
+
+
+def _check_next(head: Header, block: Block, result: BlockResult) -> None:
+    h = block.header
+    if h.height != head.height + 1 or h.parent_hash != head.hash:
+        raise StorageError(NOT_NEXT_BLOCK, f"block {h.height} does not extend head {head.height}")
+    if h.state_root != result.state_root or state_root(result.accumulator) != h.state_root:
+        raise StorageError(ROOT_MISMATCH, "result does not match the header's state root")
+
+
+class MemoryStore:
+    def __init__(self, genesis: Genesis) -> None:
+        self.state = genesis.state().data
+        self._acc = accumulate(self.state.items())
+        g = genesis.header()
+        self._headers: list[Header] = [g]
+        self._blocks: list[Block] = [Block(g, ())]
+        self._receipts: dict[bytes, Receipt] = {}
+
+    def get(self, key: bytes) -> bytes | None:
+        return self.state.get(key)
+
+    @property
+    def head(self) -> Header:
+        return self._headers[-1]
+
+    @property
+    def accumulator(self) -> int:
+        return self._acc
+
+    def header_at(self, height: int) -> Header | None:
+        return self._headers[height] if 0 <= height < len(self._headers) else None
+
+    def block_at(self, height: int) -> Block | None:
+        return self._blocks[height] if 0 <= height < len(self._blocks) else None
+
+    def receipt(self, tx_hash: bytes) -> Receipt | None:
+        return self._receipts.get(tx_hash)
+
+    def commit_block(self, block: Block, result: BlockResult) -> None:
+        _check_next(self.head, block, result)
+        for k, v in result.writes.items():
+            if v is None:
+                self.state.pop(k, None)
+            else:
+                self.state[k] = v
+        self._acc = result.accumulator
+        self._headers.append(block.header)
+        self._blocks.append(block)
+        for r in result.receipts:
+            self._receipts[r.tx_hash] = r
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        return iter(sorted(self.state.items()))
+
+    def close(self) -> None:
+        pass
+
+
+SCHEMA = (
+    """CREATE TABLE IF NOT EXISTS chain_state (
+        key   BLOB PRIMARY KEY,
+        value BLOB NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chain_blocks (
+        height INTEGER PRIMARY KEY,
+        hash   BLOB NOT NULL UNIQUE,
+        header BLOB NOT NULL,
+        block  BLOB NOT NULL          -- the whole encoded block (header + txs)
+    )""",
+    """CREATE TABLE IF NOT EXISTS chain_receipts (
+        tx_hash BLOB PRIMARY KEY,
+        height  INTEGER NOT NULL,
+        receipt BLOB NOT NULL
+    ) WITHOUT ROWID""",
+    """CREATE TABLE IF NOT EXISTS chain_meta (
+        key   TEXT PRIMARY KEY,
+        value BLOB NOT NULL
+    )""",
+)
+
+
+class SqliteStore:
+    """The durable store. ``fault`` is a test hook called between the writes of a commit."""
+
+    def __init__(self, path: str | Path, genesis: Genesis, *, fault: Callable[[str], None] | None = None) -> None:
+        self.conn: sqlite3.Connection = db.connect(path)
+        db.ensure_schema(self.conn, "chain", SCHEMA)
+        self.fault = fault
+        self._cache: dict[bytes, bytes | None] = {}
+        meta = dict(self.conn.execute("SELECT key, value FROM chain_meta").fetchall())
+        if "genesis" not in meta:
+            self._init(genesis)
+            meta = dict(self.conn.execute("SELECT key, value FROM chain_meta").fetchall())
+        elif meta["genesis"] != genesis.hash:
+            raise StorageError(GENESIS_MISMATCH, f"{path} holds another chain")
+        self._acc = int.from_bytes(meta["accumulator"], "little")
+        row = self.conn.execute("SELECT header FROM chain_blocks ORDER BY height DESC LIMIT 1").fetchone()
+        self._head = Header.decode(row[0])
+        if state_root(self._acc) != self._head.state_root:
+            raise StorageError(ROOT_MISMATCH, "stored accumulator does not match the head's state root")
+
+    def _init(self, genesis: Genesis) -> None:
+        state = genesis.state().data
+        g = genesis.header()
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("INSERT INTO chain_state (key, value) VALUES (?, ?)", state.items())
+            c.execute("INSERT INTO chain_blocks (height, hash, header, block) VALUES (0, ?, ?, ?)",
+                      (g.hash, g.encode(), Block(g, ()).encode()))
+            c.execute("INSERT INTO chain_meta (key, value) VALUES ('genesis', ?), ('accumulator', ?)",
+                      (genesis.hash, accumulate(state.items()).to_bytes(ACC_BYTES, "little")))
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
+
+    def get(self, key: bytes) -> bytes | None:
+        try:
+            return self._cache[key]
+        except KeyError:
+            row = self.conn.execute("SELECT value FROM chain_state WHERE key = ?", (key,)).fetchone()
+            v = None if row is None else bytes(row[0])
+            self._cache[key] = v
+            return v
+
+    @property
+    def head(self) -> Header:
+        return self._head
+
+    @property
+    def accumulator(self) -> int:
+        return self._acc
+
+    def header_at(self, height: int) -> Header | None:
+        row = self.conn.execute("SELECT header FROM chain_blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else Header.decode(row[0])
+
+    def block_at(self, height: int) -> Block | None:
+        row = self.conn.execute("SELECT block FROM chain_blocks WHERE height = ?", (height,)).fetchone()
+        return None if row is None else decode_block(row[0])
+
+    def receipt(self, tx_hash: bytes) -> Receipt | None:
+        row = self.conn.execute("SELECT receipt FROM chain_receipts WHERE tx_hash = ?", (tx_hash,)).fetchone()
+        return None if row is None else Receipt.decode(row[0])
+
+    def _hook(self, where: str) -> None:
+        if self.fault is not None:
+            self.fault(where)
+
+    def commit_block(self, block: Block, result: BlockResult) -> None:
+        _check_next(self._head, block, result)
+        writes: Mapping[bytes, bytes | None] = result.writes
+        h = block.header
+        c = self.conn
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            c.executemany("INSERT OR REPLACE INTO chain_state (key, value) VALUES (?, ?)",
+                          [(k, v) for k, v in writes.items() if v is not None])
+            self._hook("state")
+            c.executemany("DELETE FROM chain_state WHERE key = ?", [(k,) for k, v in writes.items() if v is None])
+            self._hook("deletes")
+            c.execute("INSERT INTO chain_blocks (height, hash, header, block) VALUES (?, ?, ?, ?)",
+                      (h.height, h.hash, h.encode(), block.encode()))
+            self._hook("block")
+            c.executemany("INSERT INTO chain_receipts (tx_hash, height, receipt) VALUES (?, ?, ?)",
+                          [(r.tx_hash, h.height, r.encode()) for r in result.receipts])
+            self._hook("receipts")
+            c.execute("UPDATE chain_meta SET value = ? WHERE key = 'accumulator'",
+                      (result.accumulator.to_bytes(ACC_BYTES, "little"),))
+            self._hook("meta")
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            self._cache.clear()
+            raise
+        self._cache.update(writes)
+        self._acc = result.accumulator
+        self._head = h
+
+    def items(self) -> Iterator[tuple[bytes, bytes]]:
+        for k, v in self.conn.execute("SELECT key, value FROM chain_state ORDER BY key"):
+            yield bytes(k), bytes(v)
+
+    def close(self) -> None:
+        self.conn.close()
