@@ -1,0 +1,114 @@
+"""Storage: memory and SQLite agree, reopening gives the same root, a crash mid-commit loses nothing."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from pathlib import Path
+
+import pytest
+
+from gateway.validator.crypto import keccak256
+from gateway.validator.errors import StorageError
+from gateway.validator.genesis import parse_genesis
+from gateway.validator.state import accumulate, state_root
+from gateway.validator.storage import MemoryStore, SqliteStore
+
+from .kit import COMPLEX, GENESIS, Chain, fill, genesis_doc, order, settle, transfer
+
+
+def run_script(chain: Chain) -> None:
+    chain.send(2, transfer(3, 5))
+    fids = [chain.send(3, fill(order(2, nonce=n))).order_hash for n in (1, 2)]
+    chain.send(COMPLEX, settle([(fids[0], 100, 600, 400), (fids[1], 500, 1000, 0)]))
+    chain.send(4, transfer(5, 9))
+
+
+def test_sqlite_and_memory_agree_and_reopen(tmp_path: Path) -> None:
+    mem, sq = Chain(MemoryStore(GENESIS)), Chain(SqliteStore(tmp_path / "chain.db", GENESIS))
+    run_script(mem)
+    run_script(sq)
+    assert sq.store.head == mem.store.head
+    assert list(sq.store.items()) == list(mem.store.items())
+    head = sq.store.head
+    sq.store.close()
+    again = SqliteStore(tmp_path / "chain.db", GENESIS)
+    assert again.head == head and state_root(again.accumulator) == head.state_root
+    assert state_root(accumulate(again.items())) == head.state_root
+    for h in range(head.height + 1):
+        assert again.block_at(h) == mem.store.block_at(h)
+        for raw in again.block_at(h).txs:
+            assert again.receipt(keccak256(raw)) == mem.store.receipt(keccak256(raw))
+    again.close()
+
+
+def test_another_genesis_is_refused(tmp_path: Path) -> None:
+    SqliteStore(tmp_path / "c.db", GENESIS).close()
+    other = parse_genesis(genesis_doc(chain_id=7))
+    with pytest.raises(StorageError) as ei:
+        SqliteStore(tmp_path / "c.db", other)
+    assert ei.value.reason == "genesis_mismatch"
+
+
+def test_commit_must_extend_the_head(tmp_path: Path) -> None:
+    c = Chain(SqliteStore(tmp_path / "c.db", GENESIS))
+    blk, res, _ = c.block([])
+    with pytest.raises(StorageError) as ei:
+        c.store.commit_block(blk, res)  # the same block again
+    assert ei.value.reason == "not_next_block"
+
+
+class Boom(Exception):
+    pass
+
+
+@pytest.mark.parametrize("where", ["state", "deletes", "block", "receipts", "meta"])
+def test_failure_inside_the_commit_leaves_the_previous_block(tmp_path: Path, where: str) -> None:
+    path = tmp_path / "c.db"
+    c = Chain(SqliteStore(path, GENESIS))
+    run_script(c)
+    head, items = c.store.head, list(c.store.items())
+
+    def fault(at: str) -> None:
+        if at == where:
+            raise Boom(at)
+
+    c.store.fault = fault
+    with pytest.raises(Boom):
+        c.send(2, transfer(3, 1))
+    assert c.store.head == head and list(c.store.items()) == items
+    c.store.fault = None
+    c.send(2, transfer(3, 1))  # the node carries on from the same head
+    c.store.close()
+    re = SqliteStore(path, GENESIS)
+    assert re.head.height == head.height + 1 and state_root(accumulate(re.items())) == re.head.state_root
+    re.close()
+
+
+def _crash_mid_commit(path: str) -> None:
+    store = SqliteStore(path, GENESIS)
+    c = Chain(store)
+    c.nonces = {2: 1}
+    c.time += 100
+
+    def die(at: str) -> None:
+        if at == "block":
+            os._exit(9)  # a kill -9 between the state rows and the block row
+
+    store.fault = die
+    c.send(2, transfer(3, 1))
+
+
+def test_killed_process_mid_commit_reopens_at_the_previous_block(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    c = Chain(SqliteStore(path, GENESIS))
+    c.send(2, transfer(3, 5))
+    head, items = c.store.head, list(c.store.items())
+    c.store.close()
+    p = multiprocessing.get_context("spawn").Process(target=_crash_mid_commit, args=(str(path),))
+    p.start()
+    p.join(60)
+    assert p.exitcode == 9
+    re = SqliteStore(path, GENESIS)
+    assert re.head == head and list(re.items()) == items
+    re.close()
