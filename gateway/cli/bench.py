@@ -21,6 +21,7 @@ from typing import Any
 # name -> (module, one-line description)
 BENCHES: dict[str, tuple[str, str]] = {
     "firmware": ("bench.firmware", "bytes per signed reading; bytes allocated per read-sign-buffer cycle on MicroPython"),
+    "ingest": ("bench.ingest", "signed readings verified and durably stored per second through Mosquitto"),
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
