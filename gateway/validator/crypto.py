@@ -19,10 +19,11 @@ ZERO_ADDRESS = b"\x00" * 20
 
 
 try:  # safe-pysha3: a C keccak, about 1 us per short hash (pycryptodome's wrapper: about 4 us)
-    from sha3 import keccak_256 as _keccak_256
+    from sha3 import keccak_256 as _keccak_256  # type: ignore[import-untyped]
 
     def keccak256(data: bytes) -> bytes:
-        return _keccak_256(data).digest()
+        digest: bytes = _keccak_256(data).digest()
+        return digest
 except ImportError:  # pragma: no cover - platforms without a safe-pysha3 wheel
     from Crypto.Hash import keccak as _keccak
 
