@@ -112,3 +112,14 @@ def test_killed_process_mid_commit_reopens_at_the_previous_block(tmp_path: Path)
     re = SqliteStore(path, GENESIS)
     assert re.head == head and list(re.items()) == items
     re.close()
+
+
+def test_tampered_accumulator_is_refused_on_open(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    c = Chain(SqliteStore(path, GENESIS))
+    c.send(2, transfer(3, 5))
+    c.store.conn.execute("UPDATE chain_meta SET value = ? WHERE key = 'accumulator'", (bytes(512),))
+    c.store.close()
+    with pytest.raises(StorageError) as ei:
+        SqliteStore(path, GENESIS)
+    assert ei.value.reason == "root_mismatch"
