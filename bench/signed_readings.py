@@ -25,7 +25,7 @@ def _bstr_head(n: int) -> bytes:
     return bytes((0x40 | n,)) if n < 24 else bytes((0x58, n))
 
 
-@dataclass
+@dataclass(frozen=True)
 class SigningDevice:
     """A device identity (9-byte id, P-256 key) that signs readings like the firmware."""
 
