@@ -361,3 +361,42 @@ def test_the_readings_in_the_tree_verify_against_the_pinned_keys(complex_db):
         key = next(dev.xy for dev in devs.values() if dev.id == d)
         (s,) = decode_message(raw)
         assert verify_signature(s, key, device_id=d).device_id == d
+
+
+def test_firmware_readings_from_device_sim_end_to_end(tmp_path, capsys):
+    """The firmware's own signed readings (``metanoia device sim``): stored, interval energy,
+    root, proof, and a verification with the device's key file."""
+    from gateway.aggregator.intervals import IntervalEngine
+
+    out = tmp_path / "sim"
+    # readings every 300 s from T0 - 300 + 300: times T0, T0+300, ..., T0+1500
+    assert run(capsys, "device", "sim", "--readings", "6", "--interval", "300", "--start", str(T0 - 300),
+               "--out", str(out))[0] == 0
+    ident = json.loads((out / "device.json").read_text())
+    conn = open_gateway_db(tmp_path / "gw.db")
+    DeviceRegistry(conn).add(dict(ident, claim_code="sim-claim-code", profile="sdm630", grid=GRID))
+    raws = [(out / f"{seq}.cose").read_bytes() for seq in sorted(int(p.stem) for p in out.glob("*.cose"))]
+    for raw in raws:
+        store(conn, raw)
+    readings = [decode_message(r)[0].reading for r in raws]
+    assert [r.time for r in readings] == [T0 + 300 * i for i in range(6)]
+    eng = IntervalEngine(conn)
+    eng.update([readings[0].device_id])
+    got = eng.device_intervals(readings[0].device_id)
+    assert [e.start for e in got] == [T0, T0 + 900]
+    # Readings at T0+900 sit exactly on the boundary: cum(T0+900) is the counter there.
+    assert got[0].import_wh == readings[3].import_wh - readings[0].import_wh
+    assert got[0].pv_wh == readings[3].pv_wh - readings[0].pv_wh
+    assert sum(e.import_wh for e in got) == readings[-1].import_wh - readings[0].import_wh
+    assert sum(e.export_wh for e in got) == readings[-1].export_wh - readings[0].export_wh
+    assert [e.readings for e in got] == [3, 3] and not any(e.estimated for e in got)
+    conn.close()
+
+    proof_path = tmp_path / "proof.json"
+    assert run(capsys, "evidence", "prove", "--db", str(tmp_path / "gw.db"), "--grid", GRID,
+               "--device", ident["device_id"], "--seq", str(readings[4].seq), "--out", str(proof_path))[0] == 0
+    proof = json.loads(proof_path.read_text())
+    la = [leaf(r) for r in raws[3:]]
+    assert proof["root"] == node(node(la[0], la[1]), la[2]).hex() and proof["leaf_index"] == 1
+    assert run(capsys, "evidence", "verify", str(proof_path), "--root", proof["root"],
+               "--key", str(out / "device.json"))[0] == 0
