@@ -125,8 +125,8 @@ class DeviceRecord:
             raise BadRecordError(f"public_key must be {PUBLIC_KEY_SIZE} raw bytes (X||Y)", "bad_key")
         if not isinstance(self.claim_hash, bytes) or len(self.claim_hash) != CLAIM_HASH_SIZE:
             raise BadRecordError("claim_hash must be 32 bytes (SHA-256)", "bad_claim")
-        _check_name(self.grid, "grid")
-        _check_name(self.profile, "profile")
+        check_name(self.grid, "grid")
+        check_name(self.profile, "profile")
         if self.status not in STATUSES:
             raise BadRecordError(f"status must be one of {STATUSES}", "bad_status")
 
@@ -368,7 +368,7 @@ def _hex(device_id: bytes | str) -> str:
     return device_id.hex() if isinstance(device_id, bytes) else str(device_id)
 
 
-def _check_name(value: object, what: str) -> None:
+def check_name(value: object, what: str) -> None:
     if not isinstance(value, str) or not _NAME_RE.match(value):
         raise BadRecordError(f"{what} {value!r} must be 1-64 of [A-Za-z0-9_.-], starting with a letter or digit",
                              f"bad_{what}")
@@ -387,7 +387,7 @@ def _one(in_file: object, given: str | None, what: str) -> str | None:
         raise BadRecordError(f"{what} {given!r} differs from the record's {in_file!r}", f"bad_{what}")
     value = given if given is not None else in_file
     if value is not None:
-        _check_name(value, what)
+        check_name(value, what)
     return value  # type: ignore[return-value]
 
 

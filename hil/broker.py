@@ -48,7 +48,10 @@ def wait_port(host: str, port: int, timeout: float = 10.0) -> None:
 class Mosquitto:
     """A real Mosquitto on 127.0.0.1:port; restartable with its persistence kept."""
 
-    def __init__(self, workdir: str | Path | None = None, port: int | None = None, extra_conf: str = "") -> None:
+    def __init__(self, workdir: str | Path | None = None, port: int | None = None, extra_conf: str = "",
+                 *, default_listener: bool = True) -> None:
+        """``default_listener=False``: no anonymous plain listener of our own; ``extra_conf``
+        (e.g. a generated production config) must define the listener on ``port``."""
         exe = find_mosquitto()
         if exe is None:
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
@@ -59,9 +62,8 @@ class Mosquitto:
         self.port = port or free_port()
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
-            f"listener {self.port} {self.host}\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            (f"listener {self.port} {self.host}\nallow_anonymous true\n" if default_listener else "")
+            + "persistence true\n"
             f"persistence_location {self.dir}/\n"
             "autosave_interval 1\n"
             # Mosquitto's default queue limit (1000) silently drops QoS 1 messages

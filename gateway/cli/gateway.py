@@ -32,6 +32,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_gap(gsub)
     from gateway.cli import gateway_devices  # devices add|list|show|revoke (docs/devices.md)
     gateway_devices.register(gsub)
+    from gateway.cli import gateway_broker  # broker-config (docs/broker.md)
+    gateway_broker.register(gsub)
 
 
 # -- run ------------------------------------------------------------------------------------
