@@ -91,15 +91,19 @@ def device_config(ep: Endpoints, workdir: Path, grid: str, mqtt: tuple[str, int]
 
 def build_device(name: str, ep: Endpoints, workdir: Path, clock: Any, grid: str = "demo",
                  mqtt: tuple[str, int] | None = None, interval_s: int = 60,
-                 flash_kb: int = 256) -> SimulatedDevice:
+                 flash_kb: int = 256, mqtt_options: dict[str, Any] | None = None) -> SimulatedDevice:
     """A firmware Device for one household of a running ``VirtualRig``.
 
     ``clock.now()`` gives the simulated unix time stamped into readings. The
     flash image lives in ``workdir`` so the device keeps its backlog and seq
-    across process restarts, like a real one across reboots.
+    across process restarts, like a real one across reboots. ``mqtt_options``
+    are merged over the config's ``mqtt`` keys (e.g. TLS and the device's
+    broker credential from ``metanoia gateway broker-config``).
     """
     workdir.mkdir(parents=True, exist_ok=True)
     cfg = device_config(ep, workdir, grid, mqtt, interval_s)
+    if mqtt_options:
+        cfg = config.merge(cfg, {"mqtt": mqtt_options})
     esp32.attach_flash(cfg["flash"]["partition"], path=str(workdir / "flash.bin"), size=flash_kb * 1024)
     dev = app.build(cfg, clock=lambda: int(clock.now()))
     return SimulatedDevice(name, workdir, dev, cfg)

@@ -23,6 +23,8 @@ include("$(PORT_DIR)/boards/manifest.py")
 # The port manifest already requires it on the ESP32; named here because the
 # firmware cannot run without it (a second require is a no-op).
 require("umqtt.simple")
+# ssl.SSLContext over the tls module (MicroPython >= 1.23), for MQTT over TLS.
+require("ssl")
 
 package("device", base_path="..")
 package("meter_driver", base_path="..")

@@ -89,6 +89,26 @@ def open_ring(fcfg):
     return RingBuffer(parts[0])
 
 
+def open_tls(m):
+    """An SSLContext that verifies the broker against the CA at ``m["ca_file"]``, or None.
+
+    micropython-lib's umqtt.simple wraps its socket with ``ssl.wrap_socket(sock,
+    server_hostname=host)``, so the broker's certificate must name ``mqtt.host``.
+    MicroPython's ssl module defaults to CERT_NONE: require verification here.
+    """
+    if not m["ssl"]:
+        return None
+    if not m["ca_file"]:
+        raise config.ConfigError("mqtt.ssl needs mqtt.ca_file")
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    # MicroPython's ssl.SSLContext starts at CERT_NONE (the 1.29 stubs omit verify_mode).
+    ctx.verify_mode = ssl.CERT_REQUIRED  # type: ignore[attr-defined]
+    ctx.load_verify_locations(cafile=m["ca_file"])
+    return ctx
+
+
 def build(cfg, clock=None, ticks_ms=None, wdt=None, log=None):
     """The Device for ``cfg``, with every piece of hardware opened."""
     wlan = network.WLAN(network.STA_IF)
@@ -114,7 +134,7 @@ def build(cfg, clock=None, ticks_ms=None, wdt=None, log=None):
     m = cfg["mqtt"]
     client_id = "".join("%02x" % b for b in signer.device_id)
     mqtt = MQTTClient(client_id, m["host"], port=m["port"], user=m["user"], password=m["password"],
-                      keepalive=m["keepalive"], ssl=m["ssl"])
+                      keepalive=m["keepalive"], ssl=open_tls(m))
     if clock is None:
         clock = Clock(cfg["ntp_host"], cfg["ntp_every_s"])
     return Device(cfg, signer, ring, grid, pv, mqtt, clock=clock, ticks_ms=ticks_ms, wdt=wdt,

@@ -19,8 +19,10 @@ DEFAULTS = {
     "ntp_host": "pool.ntp.org",
     # Re-synchronise the clock this often (ESP32's RTC drifts seconds per day).
     "ntp_every_s": 3600,
+    # ssl: TLS to the broker, verified against the complex's CA certificate at
+    # ca_file (PEM, copied from the gateway's broker-config); never unverified.
     "mqtt": {"host": "127.0.0.1", "port": 1883, "user": None, "password": None,
-             "keepalive": 60, "ssl": False},
+             "keepalive": 60, "ssl": False, "ca_file": None},
     # Grid meter on RS485 ("rtu": UART id and pins, direction (DE/RE) pin; baudrate/
     # parity None = the profile's default, Eastron ships 9600 8N1 or 2400) or a
     # SunSpec meter on the LAN ("tcp": host, port).
@@ -78,6 +80,8 @@ def load(path="/config.json"):
     cfg = merge(DEFAULTS, user)
     if not isinstance(cfg["interval_s"], int) or cfg["interval_s"] < 1:
         raise ConfigError("interval_s must be a positive integer")
+    if cfg["mqtt"]["ssl"] and not cfg["mqtt"]["ca_file"]:
+        raise ConfigError("mqtt.ssl needs mqtt.ca_file (the complex's CA certificate)")
     if not 1 <= cfg["batch_max"] <= min(cfg["window"], MAX_BATCH):
         raise ConfigError("need 1 <= batch_max <= window and <= %d" % MAX_BATCH)
     return cfg

@@ -524,3 +524,80 @@ def test_without_an_acl_the_gateway_still_rejects_a_reading_on_another_devices_t
             pub.disconnect()
         finally:
             col.stop()
+
+
+# -- the firmware over TLS ----------------------------------------------------------------------
+
+def _sim_device(cx: Complex, n: int, rig: Any, clock: Any, ca: Path) -> Any:
+    """A simulated device (the firmware on CPython) with a key we know, TLS, its own password."""
+    from secure_sign.software import encode_key_file
+
+    from hil.device_sim import build_device
+
+    signer = KeySigner(n)
+    work = cx.base / f"dev{n}"
+    work.mkdir()
+    (work / "devkey.bin").write_bytes(encode_key_file(signer.device_id,
+                                                      signer.key.private_numbers().private_value.to_bytes(32, "big")))
+    dev_id = signer.device_id.hex()
+    password = cx.password(dev_id) if (cx.out / "credentials" / f"{dev_id}.json").exists() else "none"
+    return build_device(f"h{n}", rig.endpoints["h"], work, clock, grid=GRID, mqtt=("127.0.0.1", cx.port),
+                        mqtt_options={"user": dev_id, "password": password, "ssl": True, "ca_file": str(ca)})
+
+
+def test_a_simulated_device_publishes_through_the_tls_broker_and_reads_its_ack(cx: Complex, tmp_path: Path):
+    from gateway.telemetry.decode import decode_message, verify
+    from hil.device_sim import wait_for
+    from hil.modbus_rig import RigHousehold, VirtualRig
+    from hil.physics import Household, ManualClock
+
+    a, _, _ = ids(cx)
+    cx.start()
+    gw = cx.connect("gateway")
+    gw.subscribe(f"metanoia/{GRID}/+/tele")
+    clock = ManualClock(1_780_000_000.0)
+    with VirtualRig([RigHousehold(Household("h", kwp=4.0, seed=3), meter="sunspec", pace=False)],
+                    clock=clock) as rig:
+        sim = _sim_device(cx, 1, rig, clock, cx.out / "ca.crt")
+        assert sim.device_id.hex() == a
+        clock.advance(60)
+        seq = sim.device.sample()
+        assert wait_for(lambda: gw.received(cx.topic(a, "tele")), [sim], 15), sim.device.counters
+        (msg,) = gw.received(cx.topic(a, "tele"))
+        reading = verify(decode_message(msg)[0], cx.reg.require(a).public_key)
+        assert reading.seq == seq and reading.device_id.hex() == a
+        gw.publish(cx.topic(a, "ack"), cbor2.dumps(seq), retain=True)
+        assert wait_for(lambda: sim.device.acked == seq, [sim], 15)
+        assert sim.device.counters["connect_failures"] == 0
+
+
+def test_a_device_that_trusts_another_ca_or_has_no_credential_never_connects(cx: Complex, tmp_path: Path):
+    from hil.device_sim import wait_for
+    from hil.modbus_rig import RigHousehold, VirtualRig
+    from hil.physics import Household, ManualClock
+
+    cx.start()
+    gw = cx.connect("gateway")
+    gw.subscribe(f"metanoia/{GRID}/+/tele")
+    other = tmp_path / "rogue-ca"
+    other.mkdir()
+    load_or_create_ca(other, "rogue")
+    clock = ManualClock(1_780_000_000.0)
+    with VirtualRig([RigHousehold(Household("h", kwp=0.0, seed=4), meter="sunspec", pace=False)],
+                    clock=clock) as rig:
+        untrusting = _sim_device(cx, 1, rig, clock, other / "ca.crt")      # right password, wrong CA
+        unknown = _sim_device(cx, 4, rig, clock, cx.out / "ca.crt")        # not provisioned: no password
+        why: dict[str, list[str]] = {"untrusting": [], "unknown": []}
+        untrusting.device.log = lambda *a: why["untrusting"].append(" ".join(map(str, a)))
+        unknown.device.log = lambda *a: why["unknown"].append(" ".join(map(str, a)))
+        for sim in (untrusting, unknown):
+            clock.advance(60)
+            sim.device.sample()
+        wait_for(lambda: untrusting.device.counters["connect_failures"] >= 1
+                 and unknown.device.counters["connect_failures"] >= 1, [untrusting, unknown], 15)
+        assert untrusting.device.counters["connects"] == unknown.device.counters["connects"] == 0
+        assert untrusting.device.counters["connect_failures"] >= 1
+        assert unknown.device.counters["connect_failures"] >= 1
+    assert any("CERTIFICATE_VERIFY_FAILED" in w for w in why["untrusting"]), why
+    assert any("MQTTException" in w for w in why["unknown"]), why   # the broker's CONNACK refusal
+    assert gw.messages == []

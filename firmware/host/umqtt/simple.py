@@ -18,11 +18,15 @@ class MQTTException(Exception):
 
 
 class MQTTClient:
-    def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0, ssl=None,
-                 ssl_params=None):
+    def __init__(self, client_id, server, port=0, user=None, password=None, keepalive=0, ssl=None):
+        # As in micropython-lib: ``ssl`` is an SSLContext (connect() wraps the socket
+        # with it, server_hostname=server) or None; a bool is a programming error.
+        if ssl is not None and not hasattr(ssl, "wrap_socket"):
+            raise TypeError("ssl must be an SSLContext or None, not %r" % (ssl,))
         self.client_id = client_id if isinstance(client_id, str) else client_id.decode()
         self.server = server
-        self.port = port or 1883
+        self.port = port or (8883 if ssl else 1883)
+        self.ssl = ssl
         self.keepalive = keepalive or 60
         self._user = user
         self._password = password
@@ -48,11 +52,17 @@ class MQTTClient:
         except OSError:
             pass
 
+    def _on_connect(self, _c, _u, _flags, reason_code, _props=None):
+        self._connack = reason_code
+        self._connected.set()
+
     def _on_disconnect(self, *_a):
         self._connected.clear()
 
     def connect(self, clean_session=True, timeout=None):
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=clean_session)
+        if self.ssl is not None:
+            c.tls_set_context(self.ssl)
         if self._user is not None:
             c.username_pw_set(self._user, self._password)
         if self._lw:
@@ -61,15 +71,21 @@ class MQTTClient:
         c.on_message = self._on_message
         c.on_socket_open = self._on_socket_open
         c.on_disconnect = self._on_disconnect
-        c.on_connect = lambda *_a: self._connected.set()
+        c.on_connect = self._on_connect
+        self._connack = None
         try:
             c.connect(self.server, self.port, keepalive=self.keepalive)
-        except (OSError, ValueError) as e:
+        except (OSError, ValueError) as e:  # ssl.SSLError (bad certificate) is an OSError
             raise OSError(111, "connect failed: %s" % e)
         c.loop_start()
         if not self._connected.wait(timeout or self.timeout):
             c.loop_stop()
             raise OSError(110, "ETIMEDOUT waiting for CONNACK")
+        if self._connack is not None and self._connack.is_failure:
+            # umqtt raises MQTTException(return code) on a refused CONNACK.
+            c.loop_stop()
+            self._connected.clear()
+            raise MQTTException(self._connack.value)
         self._client = c
         return False
 
