@@ -75,9 +75,8 @@ class BrokerSettings:
             raise BrokerConfigError("gateway_clients must be 1..64")
 
     def gateway_users(self) -> list[str]:
-        if self.gateway_clients == 1:
-            return [GATEWAY_USER]
-        return [f"{GATEWAY_USER}-{i}" for i in range(1, self.gateway_clients + 1)]
+        """``gateway``, then ``gateway-2`` ... ``gateway-N``."""
+        return [GATEWAY_USER] + [f"{GATEWAY_USER}-{i}" for i in range(2, self.gateway_clients + 1)]
 
 
 @dataclass(frozen=True)

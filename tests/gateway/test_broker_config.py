@@ -237,7 +237,7 @@ def cx() -> Iterator[Complex]:
     c_id = KeySigner(3).device_id.hex()
     reg.revoke(c_id, "meter replaced")
     settings = BrokerSettings(grid=GRID, hostnames=("127.0.0.1", "localhost"), port=free_port(), bind="127.0.0.1",
-                              owner=owner)
+                              owner=owner, gateway_clients=2)
     cplx = Complex(base, base / "out", run, reg, settings, signers)
     cplx.regenerate()
     try:
@@ -262,13 +262,13 @@ def test_generated_files_have_the_right_content_and_permissions(cx: Complex):
     assert mode == {"mosquitto.conf": 0o644, "ca.crt": 0o644, "server.crt": 0o644, "ca.key": 0o600,
                     "server.key": 0o600, "passwd": 0o600, "acl": 0o600, "credentials": 0o700}
     creds = sorted(p.name for p in (out / "credentials").iterdir())
-    assert creds == sorted([f"{a}.json", f"{b}.json", "gateway.json"])  # the revoked C has none
+    assert creds == sorted([f"{a}.json", f"{b}.json", "gateway.json", "gateway-2.json"])  # revoked C: none
     assert all(stat.S_IMODE(p.stat().st_mode) == 0o600 for p in (out / "credentials").iterdir())
     if cx.settings.owner:  # the broker reads passwd/acl/server.key; the CA key stays with root
         assert pwd.getpwuid((out / "passwd").stat().st_uid).pw_name == cx.settings.owner
         assert (out / "ca.key").stat().st_uid == os.geteuid()
     hashes = parse_password_file((out / "passwd").read_text())
-    assert set(hashes) == {a, b, "gateway"}
+    assert set(hashes) == {a, b, "gateway", "gateway-2"}
     assert all(h.startswith("$7$") for h in hashes.values())
     assert verify_password(cx.password(a), hashes[a]) and not verify_password(cx.password(b), hashes[a])
     conf = (out / "mosquitto.conf").read_text().splitlines()
@@ -321,12 +321,17 @@ def test_a_device_publishes_its_own_tele_over_tls_and_the_gateway_receives_it(cx
     gw = cx.connect("gateway")
     assert gw.accepted
     gw.subscribe(f"metanoia/{GRID}/+/tele")
+    # Several gateway processes share the stream (shared NOTES), one credential each.
+    shared = cx.connect("gateway-2")
+    assert shared.accepted
+    shared.subscribe(f"$share/ingest/metanoia/{GRID}/+/tele")
     dev = cx.connect(a)
     assert dev.accepted, dev.connack
     msg = cx.signers[a].reading(1)
     dev.publish(cx.topic(a, "tele"), msg)
     assert gw.wait(lambda: gw.received(cx.topic(a, "tele")))
-    assert gw.received(cx.topic(a, "tele")) == [msg]
+    assert shared.wait(lambda: shared.received(cx.topic(a, "tele")))
+    assert gw.received(cx.topic(a, "tele")) == shared.received(cx.topic(a, "tele")) == [msg]
     assert dev.publish(cx.topic(a, "state"), b"online", retain=True).value == 0
 
 
