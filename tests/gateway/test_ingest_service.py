@@ -1,0 +1,188 @@
+"""The ingest service through a real Mosquitto: hostile publishers while good devices keep
+flowing; acks retained and only after the commit; online/offline; the CLI's entry points."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+
+import cbor2
+import paho.mqtt.client as paho
+import pytest
+
+from bench.signed_readings import SigningDevice, wrap
+from gateway.aggregator.ingest import IngestConfig, IngestService
+from gateway.aggregator.keys import REVOKED, DictKeySource
+from gateway.aggregator.store import ReadingStore
+from gateway.cli import main as cli_main
+from gateway.db import connect
+from hil.broker import Mosquitto
+
+GRID = "svc"
+
+
+@pytest.fixture(scope="module")
+def broker():
+    with Mosquitto() as b:
+        yield b
+
+
+class Watcher:
+    """A paho client that publishes like devices and records acks."""
+
+    def __init__(self, broker: Mosquitto, name: str) -> None:
+        self.acks: dict[str, int] = {}
+        self.lock = threading.Lock()
+        self.c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=name)
+        self.c.on_message = self._on_message
+        self.c.connect(broker.host, broker.port)
+        self.c.subscribe(f"metanoia/{GRID}/+/ack", 1)
+        self.c.loop_start()
+
+    def _on_message(self, _c, _u, m) -> None:
+        with self.lock:
+            self.acks[m.topic.split("/")[2]] = cbor2.loads(m.payload)
+
+    def ack(self, dev: SigningDevice) -> int:
+        with self.lock:
+            return self.acks.get(dev.device_id.hex(), 0)
+
+    def publish(self, dev_hex: str, payload: bytes, kind: str = "tele", retain: bool = False) -> None:
+        self.c.publish(f"metanoia/{GRID}/{dev_hex}/{kind}", payload, qos=1, retain=retain).wait_for_publish(5)
+
+    def close(self) -> None:
+        self.c.disconnect()
+        self.c.loop_stop()
+
+
+def wait_until(cond, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.02)
+    return True
+
+
+def test_hostile_input_is_rejected_and_counted_while_good_devices_keep_flowing(broker, tmp_path):
+    now = int(time.time())
+    goods = [SigningDevice.generate() for _ in range(2)]
+    victim, revoked, stranger = SigningDevice.generate(), SigningDevice.generate(), SigningDevice.generate()
+    keys = DictKeySource({d.device_id: d.public_key for d in goods + [victim]})
+    keys.set(revoked.device_id, REVOKED)
+    db = tmp_path / "gw.db"
+    svc = IngestService(IngestConfig(str(db), GRID, broker.host, broker.port, workers=1,
+                                     client_id="gw-hostile"), keys).start()
+    good_pub, evil = Watcher(broker, "good-devices"), Watcher(broker, "attacker")
+    stop = threading.Event()
+    sent: dict[bytes, list[bytes]] = {d.device_id: [] for d in goods}
+
+    def stream() -> None:  # good devices: one reading every few ms, each waits for nothing
+        seq = 0
+        while not stop.is_set():
+            seq += 1
+            for d in goods:
+                m = d.reading(seq, now, 1000 + seq, 0, 0, 100, 0)
+                sent[d.device_id].append(m)
+                good_pub.publish(d.device_id.hex(), m)
+            time.sleep(0.005)
+
+    t = threading.Thread(target=stream)
+    t.start()
+    try:
+        assert wait_until(lambda: svc.connected.is_set() and all(good_pub.ack(d) >= 5 for d in goods))
+        v = victim.device_id.hex()
+        rng = random.Random(7)
+        genuine = [victim.reading(s, now, 500 + s, 0, 0, 1, 0) for s in range(1, 5)]
+        forged = bytearray(genuine[0])
+        forged[-5] ^= 0x40
+        attacks: list[tuple[str, bytes, str]] = [
+            (v, bytes(rng.randrange(256) for _ in range(rng.randrange(1, 200))), "garbage")
+            for _ in range(20)] + [
+            (v, b"\x98\x40" + b"\x00" * 20000, "oversize"),
+            (v, b"\xd1" + genuine[0][1:], "not_sign1_tag"),
+            (v, b"\xd2\x84\x43\xa1\x01\x27" + genuine[0][6:], "alg_not_es256"),
+            (v, bytes(forged), "bad_signature"),
+            (v, goods[0].reading(99, now, 1, 1, 1, 1, 0), "topic_mismatch"),
+            (stranger.device_id.hex(), stranger.reading(1, now), "unknown_device"),
+            (revoked.device_id.hex(), revoked.reading(1, now), "revoked_device"),
+            ("not-hex-at-all", genuine[0], "bad_topic"),
+            (v, victim.reading(5, now + 86400, 600, 0, 0, 1, 0), "clock_future"),
+        ]
+        for dev_hex, payload, _why in attacks:
+            evil.publish(dev_hex, payload)
+        # the victim's genuine readings with a hole at 3, then replays of everything
+        evil.publish(v, wrap([genuine[0], genuine[1], genuine[3]]))
+        assert wait_until(lambda: evil.ack(victim) == 2)
+        for m in genuine[:2] + genuine[3:]:
+            evil.publish(v, m)
+        evil.publish(v, genuine[2])  # the hole fills: the ack moves over 4 and the quarantined 5
+        assert wait_until(lambda: evil.ack(victim) == 5)
+        n_before = {d.device_id: good_pub.ack(d) for d in goods}
+        assert wait_until(lambda: all(good_pub.ack(d) >= n_before[d.device_id] + 20 for d in goods))
+        assert svc.error is None and svc._thread is not None and svc._thread.is_alive()
+    finally:
+        stop.set()
+        t.join()
+    try:
+        assert wait_until(lambda: all(good_pub.ack(d) == len(sent[d.device_id]) for d in goods))
+    finally:
+        svc.stop()
+        good_pub.close()
+        evil.close()
+
+    store = ReadingStore.open(db)
+    counts = store.counters()
+    for _dev, _payload, why in attacks:
+        if why != "garbage":
+            assert counts.get(why, 0) >= 1, (why, counts)
+    garbage_reasons = {"not_cbor", "trailing_data", "not_sign1_tag", "bad_structure", "oversize", "bad_payload",
+                       "bad_kid", "bad_protected_header", "bad_unprotected_header", "empty_batch",
+                       "bad_signature_length", "alg_not_es256", "kid_mismatch", "batch_too_large"}
+    decoder_rejections = sum(counts.get(r, 0) for r in garbage_reasons)
+    assert decoder_rejections == 20 + 3  # the random bytes + oversize, wrong tag, wrong alg
+    assert counts["duplicate"] == 3 and "internal_error" not in counts
+    rows = store.conn.execute("SELECT device_id, seq, raw FROM readings").fetchall()
+    victim_rows = sorted((s, bytes(r)) for d, s, r in rows if bytes(d) == victim.device_id)
+    assert victim_rows == [(s + 1, m) for s, m in enumerate(genuine)]  # nothing bad stored
+    assert {bytes(d) for d, _s, _r in rows} == {victim.device_id} | {d.device_id for d in goods}
+    for d in goods:  # every good reading stored once, byte for byte
+        mine = sorted((s, bytes(r)) for dd, s, r in rows if bytes(dd) == d.device_id)
+        assert mine == [(i + 1, m) for i, m in enumerate(sent[d.device_id])]
+    assert store.conn.execute("SELECT seq, reason FROM ingest_quarantine").fetchall() == [(5, "clock_future")]
+    store.close()
+
+
+def test_ack_is_retained_and_reflects_the_database_after_a_restart(broker, tmp_path):
+    dev = SigningDevice.generate()
+    db = tmp_path / "gw.db"
+    msgs = [dev.reading(s, int(time.time()), s, 0, 0, 0, 0) for s in range(1, 4)]
+    svc = IngestService(IngestConfig(str(db), GRID, broker.host, broker.port, workers=0, client_id="gw-retain"),
+                        DictKeySource({dev.device_id: dev.public_key})).start()
+    pub = Watcher(broker, "pub-retain")
+    try:
+        assert wait_until(svc.connected.is_set)
+        pub.publish(dev.device_id.hex(), wrap(msgs))
+        assert wait_until(lambda: pub.ack(dev) == 3)
+        conn = connect(db, readonly=True)
+        assert conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == 3  # on disk before the ack
+        conn.close()
+        pub.publish(dev.device_id.hex(), b"online", kind="state", retain=True)
+        assert wait_until(lambda: ReadingStore.open(db).conn.execute(
+            "SELECT state FROM ingest_devices").fetchone() == ("online",))
+    finally:
+        svc.stop()
+        pub.close()
+    late = Watcher(broker, "late-device")  # a device reconnecting learns its ack at once (retained)
+    try:
+        assert wait_until(lambda: late.ack(dev) == 3, timeout=5)
+    finally:
+        late.close()
+
+
+def test_gateway_run_rejects_bad_arguments(capsys):
+    assert cli_main(["gateway", "run", "--db", "x.db", "--grid", "g", "--broker", "nope"]) == 2
+    assert "HOST:PORT" in capsys.readouterr().err
+    assert cli_main(["gateway", "run", "--db", "x.db", "--grid", "g", "--workers", "-1"]) == 2
+    assert cli_main(["gateway"]) == 2
