@@ -186,3 +186,36 @@ def test_gateway_run_rejects_bad_arguments(capsys):
     assert "HOST:PORT" in capsys.readouterr().err
     assert cli_main(["gateway", "run", "--db", "x.db", "--grid", "g", "--workers", "-1"]) == 2
     assert cli_main(["gateway"]) == 2
+
+
+def test_keys_come_from_the_device_registry_and_a_revocation_takes_effect(broker, tmp_path):
+    from gateway.aggregator.ingest import keys_for
+    from gateway.devices import DeviceRecord, DeviceRegistry
+
+    dev, other_grid = SigningDevice.generate(), SigningDevice.generate()
+    db = tmp_path / "gw.db"
+    reg_conn = connect(db)
+    reg = DeviceRegistry(reg_conn)
+    reg.add(DeviceRecord(dev.device_id, dev.public_key, b"\x01" * 32, "sdm630", GRID))
+    reg.add(DeviceRecord(other_grid.device_id, other_grid.public_key, b"\x02" * 32, "sdm630", "elsewhere"))
+    cfg = IngestConfig(str(db), GRID, broker.host, broker.port, workers=0, client_id="gw-registry")
+    svc = IngestService(cfg, keys_for(cfg)).start()
+    pub = Watcher(broker, "pub-registry")
+    now = int(time.time())
+    try:
+        assert wait_until(svc.connected.is_set)
+        pub.publish(dev.device_id.hex(), dev.reading(1, now, 1, 0, 0, 0, 0))
+        pub.publish(other_grid.device_id.hex(), other_grid.reading(1, now, 1, 0, 0, 0, 0))
+        assert wait_until(lambda: pub.ack(dev) == 1)
+        reg.revoke(dev.device_id, "stolen")
+        time.sleep(2.1)  # the key cache's lifetime
+        pub.publish(dev.device_id.hex(), dev.reading(2, now, 2, 0, 0, 0, 0))
+        store = ReadingStore.open(db)
+        assert wait_until(lambda: store.counters().get("revoked_device") == 1)
+        assert store.counters().get("unknown_device") == 1  # registered, but for another grid
+        assert store.conn.execute("SELECT seq FROM readings").fetchall() == [(1,)]
+        store.close()
+    finally:
+        svc.stop()
+        pub.close()
+        reg_conn.close()
