@@ -9,6 +9,8 @@ background thread: the demo's default when Mosquitto is not installed.
 from __future__ import annotations
 
 import asyncio
+import os
+import pwd
 import shutil
 import socket
 import subprocess
@@ -60,6 +62,7 @@ class Mosquitto:
         self.dir = Path(workdir or self._tmp.name)  # type: ignore[union-attr]
         self.host = "127.0.0.1"
         self.port = port or free_port()
+        self._let_broker_write(self.dir)
         self.conf = self.dir / "mosquitto.conf"
         self.conf.write_text(
             (f"listener {self.port} {self.host}\nallow_anonymous true\n" if default_listener else "")
@@ -76,6 +79,18 @@ class Mosquitto:
             + extra_conf
         )
         self.proc: subprocess.Popen[bytes] | None = None
+
+    @staticmethod
+    def _let_broker_write(path: Path) -> None:
+        """Started as root, Mosquitto drops to the ``mosquitto`` user: give it the
+        work dir, or it silently writes no persistence file and no log."""
+        if os.geteuid() != 0:
+            return
+        try:
+            pw = pwd.getpwnam("mosquitto")
+        except KeyError:
+            return
+        os.chown(path, pw.pw_uid, pw.pw_gid)
 
     def start(self) -> "Mosquitto":
         self.proc = subprocess.Popen([self.exe, "-c", str(self.conf)], stdout=subprocess.DEVNULL,
