@@ -21,6 +21,7 @@ memory by a crash was never acknowledged, so the device sends it again.
 
 from __future__ import annotations
 
+import json
 import logging
 import queue
 import signal
@@ -30,6 +31,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cbor2
@@ -68,6 +70,20 @@ class IngestConfig:
     clock_policy: ClockPolicy = field(default_factory=ClockPolicy)
     max_outstanding: int = 8              # verifier tasks in flight before the pipeline waits
     keepalive: int = 30
+    username: str | None = None           # broker credential (``gateway broker-config``'s gateway user)
+    password: str | None = None
+    ca_file: str | None = None            # TLS to the broker, verified against the complex's CA
+
+
+def load_credentials(path: str) -> dict[str, Any]:
+    """``credentials/gateway.json`` from ``metanoia gateway broker-config``: user, password, host, port, ca_file."""
+    try:
+        data = json.loads(Path(path).read_text())
+        if not isinstance(data, dict) or not isinstance(data.get("user"), str) or not isinstance(data.get("password"), str):
+            raise ValueError("needs string 'user' and 'password'")
+        return data
+    except (OSError, ValueError) as e:
+        raise IngestError("bad_credentials", f"{path}: {e}") from None
 
 
 @dataclass
@@ -291,6 +307,10 @@ class IngestService:
                                   client_id=cfg.client_id or f"metanoia-gateway-{cfg.grid}",
                                   clean_session=False, protocol=paho.MQTTv311)
         self.client.reconnect_delay_set(min_delay=1, max_delay=5)
+        if cfg.username is not None:
+            self.client.username_pw_set(cfg.username, cfg.password)
+        if cfg.ca_file is not None:
+            self.client.tls_set(ca_certs=cfg.ca_file)
         self.client.max_inflight_messages_set(1000)
         self.client.on_socket_open = self._on_socket_open
         self.client.on_connect = self._on_connect

@@ -44,7 +44,11 @@ def _add_run(gsub: argparse._SubParsersAction) -> None:
                                     "the pinned device key, store it durably, then acknowledge it.")
     p.add_argument("--db", required=True, metavar="FILE", help="the gateway's SQLite database")
     p.add_argument("--grid", required=True, metavar="ID", help="the complex's grid id (topic prefix)")
-    p.add_argument("--broker", default="127.0.0.1:1883", metavar="HOST:PORT", help="MQTT broker (default %(default)s)")
+    p.add_argument("--broker", default=None, metavar="HOST:PORT",
+                   help="MQTT broker (default: from --credentials, else 127.0.0.1:1883)")
+    p.add_argument("--credentials", default=None, metavar="FILE",
+                   help="the gateway's broker credential from `metanoia gateway broker-config` "
+                        "(credentials/gateway.json: user, password, host, port, ca_file; TLS)")
     p.add_argument("--workers", type=int, default=None, metavar="N",
                    help="signature-verifying processes (default: one per core; 0 = verify in-process)")
     p.add_argument("--keys", metavar="FILE", default=None,
@@ -62,11 +66,15 @@ def _host_port(text: str) -> tuple[str, int]:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from gateway.aggregator.ingest import IngestConfig, run_service
+    from gateway.aggregator.ingest import IngestConfig, IngestError, load_credentials, run_service
 
+    creds: dict = {}
     try:
-        host, port = _host_port(args.broker)
-    except ValueError as e:
+        if args.credentials:
+            creds = load_credentials(args.credentials)
+        default = f"{creds['host']}:{creds['port']}" if "host" in creds and "port" in creds else "127.0.0.1:1883"
+        host, port = _host_port(args.broker or default)
+    except (ValueError, IngestError) as e:
         print(f"metanoia gateway run: {e}", file=sys.stderr)
         return EXIT_USAGE
     if args.workers is not None and args.workers < 0:
@@ -74,7 +82,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     logging.getLogger().setLevel(min(logging.getLogger().level, logging.INFO))
     cfg = IngestConfig(db_path=args.db, grid=args.grid, host=host, port=port, workers=args.workers,
-                       keys_file=args.keys, client_id=args.client_id)
+                       keys_file=args.keys, client_id=args.client_id, username=creds.get("user"),
+                       password=creds.get("password"), ca_file=creds.get("ca_file"))
     return run_service(cfg)
 
 

@@ -219,3 +219,69 @@ def test_keys_come_from_the_device_registry_and_a_revocation_takes_effect(broker
         svc.stop()
         pub.close()
         reg_conn.close()
+
+
+def test_gateway_run_over_tls_with_the_broker_config_credentials(tmp_path):
+    """The production path: `gateway broker-config` writes the TLS broker config and the gateway's
+    credential; the gateway connects with it, a device publishes with its own, the ack comes back."""
+    import json
+    import os
+    import pwd
+    import shutil
+    import ssl
+    import tempfile
+    from pathlib import Path
+
+    from gateway.aggregator.ingest import keys_for
+    from gateway.broker import BrokerSettings, generate
+    from gateway.devices import DeviceRecord, DeviceRegistry
+    from hil.broker import free_port
+
+    base = Path(tempfile.mkdtemp(prefix="metanoia-ingest-tls-"))  # the broker's user must reach it
+    os.chmod(base, 0o711)
+    run = base / "run"
+    run.mkdir()
+    owner = None
+    if os.geteuid() == 0:
+        try:
+            owner = pwd.getpwnam("mosquitto").pw_name
+        except KeyError:
+            owner = "nobody"
+        shutil.chown(run, owner)
+    db = base / "gateway.db"
+    dev = SigningDevice.generate()
+    reg = DeviceRegistry(connect(db))
+    reg.add(DeviceRecord(dev.device_id, dev.public_key, b"\x03" * 32, "sdm630", GRID))
+    settings = BrokerSettings(grid=GRID, hostnames=("127.0.0.1",), port=free_port(), bind="127.0.0.1", owner=owner)
+    generate(reg, base / "out", settings)
+    reg.conn.close()
+    creds = base / "out" / "credentials"
+    svc = None
+    with Mosquitto(run, port=settings.port, extra_conf=(base / "out" / "mosquitto.conf").read_text(),
+                   default_listener=False) as broker:
+        try:
+            assert cli_main(["gateway", "run", "--db", str(db), "--grid", GRID, "--credentials",
+                             str(base / "nope.json")]) == 2
+            gw = json.loads((creds / "gateway.json").read_text())
+            cfg = IngestConfig(str(db), GRID, gw["host"], gw["port"], workers=0, username=gw["user"],
+                               password=gw["password"], ca_file=gw["ca_file"])
+            svc = IngestService(cfg, keys_for(cfg)).start()
+            assert wait_until(svc.connected.is_set)
+            mine = json.loads((creds / f"{dev.device_id.hex()}.json").read_text())["mqtt"]
+            acks: list[int] = []
+            c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=dev.device_id.hex())
+            c.username_pw_set(mine["user"], mine["password"])
+            c.tls_set_context(ssl.create_default_context(cafile=str(base / "out" / "ca.crt")))
+            c.on_message = lambda _c, _u, m: acks.append(cbor2.loads(m.payload))
+            c.connect("127.0.0.1", broker.port)
+            c.loop_start()
+            c.subscribe(f"metanoia/{GRID}/{dev.device_id.hex()}/ack", 1)
+            c.publish(f"metanoia/{GRID}/{dev.device_id.hex()}/tele",
+                      wrap([dev.reading(s, int(time.time()), s, 0, 0, 0, 0) for s in (1, 2)]), qos=1)
+            assert wait_until(lambda: acks and acks[-1] == 2)
+            c.disconnect()
+            c.loop_stop()
+        finally:
+            if svc is not None:
+                svc.stop()
+            shutil.rmtree(base, ignore_errors=True)
