@@ -69,6 +69,7 @@ class ClientConfig:
     backoff_initial: float = 0.1    # first wait after a transport failure (s)
     backoff_max: float = 5.0        # cap of the exponential backoff (s)
     status_concurrency: int = 16    # status queries in flight per tick
+    send_batch: int = 256           # signed rows per chain_sendRawTransactions call
 
 
 def filler_intent(sender: bytes, nonce: int) -> Intent:
@@ -210,11 +211,18 @@ class OutboxChainClient:
         """One pass over the live rows; returns how many are still live. Raises ChainUnavailable."""
         rows = [r for r in self.outbox.live() if r.key not in self._inflight]
         chain_nonces: dict[bytes, int] = {}
+        to_send = []
         for row in rows:
             if row.state == PENDING:
                 row = await self._sign(row)
             if row.state == SIGNED and self._due(row.key):
-                await self._send(row, chain_nonces)
+                to_send.append(row)
+        for i in range(0, len(to_send), self.config.send_batch):
+            chunk = to_send[i:i + self.config.send_batch]
+            if len(chunk) == 1:
+                await self._send(chunk[0], chain_nonces)
+            else:
+                await self._send_many(chunk, chain_nonces)
         submitted = [r for r in self.outbox.live() if r.state == SUBMITTED and r.key not in self._inflight]
         sem = asyncio.Semaphore(self.config.status_concurrency)
 
@@ -252,11 +260,29 @@ class OutboxChainClient:
         assert row.raw is not None
         try:
             await self.backend.send(row.raw)
-        except NonceError as exc:
-            await self._bad_nonce(row, exc.detail, chain_nonces if chain_nonces is not None else {})
-            return
         except (TxInvalid, TxRejected) as exc:
-            self._reject(row, exc.reason, exc.detail)
+            await self._sent(row, exc, chain_nonces if chain_nonces is not None else {})
+            return
+        await self._sent(row, None, chain_nonces if chain_nonces is not None else {})
+
+    async def _send_many(self, rows: list[OutboxRow], chain_nonces: dict[bytes, int]) -> None:
+        """Send several signed rows in one ``send_many`` call (the follower after an outage)."""
+        results = await self.backend.send_many([r.raw for r in rows if r.raw is not None])
+        for row, res in zip(rows, results):
+            if isinstance(res, bytes):
+                await self._sent(row, None, chain_nonces)
+            elif isinstance(res, (TxInvalid, TxRejected)):
+                await self._sent(row, res, chain_nonces)
+            else:
+                log.warning("outbox %s: %s; will retry", row.key, res)
+
+    async def _sent(self, row: OutboxRow, refused: TxInvalid | TxRejected | None, cache: dict[bytes, int]) -> None:
+        """The node's answer to one send: accepted (``refused`` None), or refused with a reason."""
+        if isinstance(refused, NonceError):
+            await self._bad_nonce(row, refused.detail, cache)
+            return
+        if refused is not None:
+            self._reject(row, refused.reason, refused.detail)
             return
         self._count("sent")
         self._fault("sent")

@@ -292,13 +292,15 @@ def test_connection_refused_then_node_back_retries_with_backoff_no_duplicates(tm
         await node.start()
         await node.stop()  # down before the first submit: the nonce cannot even be read
         async with make_client(tmp_path / "gw.db", node.url) as c:
-            sid = await c.submit(pay("pay:down", 2, 3, 9))
-            assert c.status(sid).state == PENDING
+            sids = [await c.submit(pay(f"pay:down{i}", 2, 3, 9)) for i in range(4)]
+            assert {c.status(s).state for s in sids} == {PENDING}
             await asyncio.sleep(0.4)
             assert c.counters.get("backoff", 0) >= 2
             await node.start()
-            r = await c.wait_final(sid, 10)
-            assert r.ok and node.applied(r.tx_hash) == 1 and node.balance(3) == kit.START_BALANCE + 9
+            rs = [await c.wait_final(s, 10) for s in sids]
+            assert all(r.ok and node.applied(r.tx_hash) == 1 for r in rs)
+            assert [r.nonce for r in rs] == [0, 1, 2, 3] and node.balance(3) == kit.START_BALANCE + 36
+            assert node.calls.get("chain_sendRawTransactions", 0) >= 1  # the backlog went in one call
         await node.stop()
 
     asyncio.run(go())
