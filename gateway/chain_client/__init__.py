@@ -18,15 +18,15 @@ from .api import (FINAL, PENDING, REJECTED, SIGNED, SUBMITTED, ChainBackend, Cha
                   Keyring, Receipt, SignedTx, StaticKeyring, SubmissionId, SubmissionStatus)
 from .bundled import BundledBackend, filler_order_nonce
 from .client import ClientConfig, OutboxChainClient, filler_intent
-from .errors import (ChainClientError, ChainUnavailable, FinalityTimeout, IntentConflict, NoKey, NonceError,
-                     OutboxError, RpcError, TxInvalid, TxRejected, UnknownSubmission)
+from .errors import (ChainClientError, ChainUnavailable, FinalityTimeout, IntentConflict, NodeBusy, NoKey,
+                     NonceError, OutboxError, RpcError, TxInvalid, TxRejected, UnknownSubmission)
 from .intents import Action, Intent, NonceFill
 from .outbox import Outbox, OutboxRow
 
 __all__ = [
     "FINAL", "PENDING", "REJECTED", "SIGNED", "SUBMITTED", "Action", "BundledBackend", "ChainBackend",
     "ChainClient", "ChainClientError", "ChainTxStatus", "ChainUnavailable", "ClientConfig", "EscrowInfo",
-    "FinalityTimeout", "Intent", "IntentConflict", "Keyring", "NoKey", "NonceError", "NonceFill", "Outbox",
+    "FinalityTimeout", "Intent", "IntentConflict", "Keyring", "NoKey", "NodeBusy", "NonceError", "NonceFill", "Outbox",
     "OutboxChainClient", "OutboxError", "OutboxRow", "Receipt", "RpcError", "SignedTx", "StaticKeyring",
     "SubmissionId", "SubmissionStatus", "TxInvalid", "TxRejected", "UnknownSubmission", "filler_intent",
     "filler_order_nonce",

@@ -51,7 +51,7 @@ from gateway.validator import errors as E
 
 from .api import (PENDING, REJECTED, SIGNED, SUBMITTED, ChainBackend, EscrowInfo, Keyring, Receipt, SubmissionId,
                   SubmissionStatus)
-from .errors import (SUPERSEDED, ChainUnavailable, FinalityTimeout, NonceError, RpcError,
+from .errors import (SUPERSEDED, ChainClientError, ChainUnavailable, FinalityTimeout, NonceError, RpcError,
                      TxInvalid, TxRejected)
 from .intents import Intent, NonceFill
 from .outbox import Outbox, OutboxRow
@@ -263,6 +263,9 @@ class OutboxChainClient:
         except (TxInvalid, TxRejected) as exc:
             await self._sent(row, exc, chain_nonces if chain_nonces is not None else {})
             return
+        except RpcError as exc:  # NodeBusy and other answers about the node, not the tx
+            self._later(row, exc)
+            return
         await self._sent(row, None, chain_nonces if chain_nonces is not None else {})
 
     async def _send_many(self, rows: list[OutboxRow], chain_nonces: dict[bytes, int]) -> None:
@@ -274,7 +277,12 @@ class OutboxChainClient:
             elif isinstance(res, (TxInvalid, TxRejected)):
                 await self._sent(row, res, chain_nonces)
             else:
-                log.warning("outbox %s: %s; will retry", row.key, res)
+                self._later(row, res)
+
+    def _later(self, row: OutboxRow, exc: ChainClientError) -> None:
+        self._count("send_deferred")
+        self._not_before[row.key] = time.monotonic() + self.config.resubmit_after
+        log.warning("outbox %s: node says %s; sending again in %.1f s", row.key, exc, self.config.resubmit_after)
 
     async def _sent(self, row: OutboxRow, refused: TxInvalid | TxRejected | None, cache: dict[bytes, int]) -> None:
         """The node's answer to one send: accepted (``refused`` None), or refused with a reason."""

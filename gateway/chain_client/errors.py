@@ -14,6 +14,7 @@
         (insufficient_balance, order_already_filled, ...).
       - ``NonceError`` (a ``TxRejected`` with reason ``bad_nonce``): the
         outbox decides between "stale" and "not yet" by reading the chain's nonce.
+      - ``NodeBusy``: mempool_full, sender_limit, nonce_in_use: not now, later.
       - ``MethodNotFound``, ``InvalidParams``, ``InvalidRequest``, ``ParseError``,
         ``InternalError``: the JSON-RPC 2.0 reserved codes.
   - ``FinalityTimeout``: ``wait_final`` gave up (the submission goes on).
@@ -38,7 +39,12 @@ INTERNAL_ERROR = -32603
 UNAVAILABLE = "unavailable"
 TIMEOUT = "timeout"
 BAD_RESPONSE = "bad_response"
-SUPERSEDED = "superseded"          # another tx with the same (sender, nonce) applied instead
+SUPERSEDED = "superseded"
+# the validator mempool's "not now" reasons (gateway/validator/mempool.py)
+MEMPOOL_FULL = "mempool_full"
+SENDER_LIMIT = "sender_limit"
+NONCE_IN_USE = "nonce_in_use"      # another pending tx holds this (sender, nonce)
+BUSY_REASONS = frozenset({MEMPOOL_FULL, SENDER_LIMIT, NONCE_IN_USE})          # another tx with the same (sender, nonce) applied instead
 INTENT_CONFLICT = "intent_conflict"
 UNKNOWN_SUBMISSION = "unknown_submission"
 NO_KEY = "no_key"
@@ -127,6 +133,11 @@ class NonceError(TxRejected):
     """``bad_nonce``: the tx's nonce is not the account's next one."""
 
 
+class NodeBusy(RpcError):
+    """The node cannot take the tx now (mempool full, sender limit, another pending tx holds its nonce):
+    nothing is wrong with the tx; send it again later."""
+
+
 _BY_CODE: dict[int, type[RpcError]] = {PARSE_ERROR: ParseError, INVALID_REQUEST: InvalidRequest,
                                        METHOD_NOT_FOUND: MethodNotFound, INVALID_PARAMS: InvalidParams,
                                        INTERNAL_ERROR: InternalError}
@@ -134,7 +145,7 @@ _REASON_NAMES = {E.BAD_NONCE, E.INSUFFICIENT_BALANCE, E.ZERO_AMOUNT, E.ORDER_EXP
                  E.ORDER_ALREADY_FILLED, E.ORDER_CANCELLED, E.SELF_FILL, E.NOT_AUTHORITY, E.UNKNOWN_FILL,
                  E.FILL_ALREADY_SETTLED, E.SETTLE_AMOUNT_MISMATCH, E.DELIVERED_EXCEEDS_ORDER, E.INTERVAL_MISMATCH,
                  E.GRID_MISMATCH, E.INTERVAL_NOT_OVER, E.EVIDENCE_ROOT_CONFLICT, E.CHECKPOINT_UNKNOWN_BLOCK,
-                 E.CHECKPOINT_NOT_MONOTONIC} | DECODE_REASONS
+                 E.CHECKPOINT_NOT_MONOTONIC} | DECODE_REASONS | BUSY_REASONS
 
 
 def _reason_of(code: int, message: str, data: Any) -> str:
@@ -159,6 +170,8 @@ def rpc_error(code: int, message: str, data: Any = None) -> RpcError:
     reason = _reason_of(code, message, data)
     if reason == E.BAD_NONCE:
         return NonceError(code, message, data, reason)
+    if reason in BUSY_REASONS:
+        return NodeBusy(code, message, data, reason)
     if reason in DECODE_REASONS:
         return TxInvalid(code, message, data, reason)
     if reason in _REASON_NAMES:

@@ -216,6 +216,9 @@ class RpcNodeDouble:
         if v.tx.nonce < acct.nonce:
             exc2 = TxRejected(BAD_NONCE, f"nonce {v.tx.nonce}, account is at {acct.nonce}")
             raise RpcFailure(TX_REJECTED, str(exc2), {"reason": exc2.reason})
+        if any(o.tx.sender == v.tx.sender and o.tx.nonce == v.tx.nonce for o in self.mempool.values()):
+            raise RpcFailure(TX_REJECTED, "nonce_in_use: another pending tx has this nonce",
+                             {"reason": "nonce_in_use"})
         self.rejected.pop(v.hash, None)
         self.mempool[v.hash] = v
         return h
@@ -349,6 +352,9 @@ def test_transport_errors_are_chain_unavailable():
      CE.TxRejected, "insufficient_balance"),
     ({"code": -32011, "message": "bad_nonce: nonce 3, account is at 5"}, CE.NonceError, "bad_nonce"),
     ({"code": -32000, "message": "x", "data": "high_s"}, CE.TxInvalid, "high_s"),
+    ({"code": -32011, "message": "nonce_in_use: another pending tx", "data": {"reason": "nonce_in_use"}},
+     CE.NodeBusy, "nonce_in_use"),
+    ({"code": -32005, "message": "mempool_full"}, CE.NodeBusy, "mempool_full"),
     ({"code": -32700, "message": "parse error"}, CE.ParseError, "parse_error"),
     ({"code": -32600, "message": "bad"}, CE.InvalidRequest, "invalid_request"),
     ({"code": -32603, "message": "boom"}, CE.InternalError, "internal_error"),
