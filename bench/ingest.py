@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -82,6 +83,10 @@ def _percentile(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(q * len(xs)))]
 
 
+def _nodelay(_c: Any, _u: Any, sock: Any) -> None:
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+
 class _Fleet:
     """The devices' side: publish within each device's window, take acks, time them."""
 
@@ -103,9 +108,10 @@ class _Fleet:
         self.resend_s = 5.0               # like the firmware's ack_timeout_s: go again from the last ack
         self.resends = 0
         self.progress = dict.fromkeys(messages, time.monotonic())
+        self._ack_index: dict[bytes, int] = {}
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"bench-fleet-{os.getpid()}")
         self.client.max_inflight_messages_set(0)
-        self.client.on_socket_open = lambda _c, _u, s: s.setsockopt(6, 1, 1)  # TCP_NODELAY
+        self.client.on_socket_open = _nodelay
         self.client.on_message = self._on_ack
         self.client.connect(host, port)
         self.client.subscribe(f"metanoia/{grid}/+/ack", 1)
@@ -135,8 +141,6 @@ class _Fleet:
             self.ready.append(device_id)
         self.wake.set()
 
-    _ack_index: dict[bytes, int] = {}
-
     def _first_unacked(self, device_id: bytes) -> int:
         msgs, acked = self.messages[device_id], self.acked[device_id]
         i = self._ack_index.get(device_id, 0)
@@ -145,7 +149,6 @@ class _Fleet:
         return i
 
     def run(self, timeout: float) -> bool:
-        self._ack_index = {}
         deadline = time.monotonic() + timeout
         start = time.monotonic()
         self.progress = dict.fromkeys(self.messages, start)
@@ -207,10 +210,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raw[d.device_id] = msgs
     print(f"  signed in {time.perf_counter() - t0:.1f} s", flush=True)
     # seq 1 of each device goes alone, untimed (the gateway loads its state); the rest in arrays
-    warm = {d: [(1, m[0])] for d, m in raw.items()}
+    warm = {did: [(1, m[0])] for did, m in raw.items()}
     timed: dict[bytes, list[tuple[int, bytes]]] = {}
-    for d, m in raw.items():
-        timed[d] = [(min(i + args.per_message, per_device), wrap(m[i:i + args.per_message]))
+    for did, m in raw.items():
+        timed[did] = [(min(i + args.per_message, per_device), wrap(m[i:i + args.per_message]))
                     for i in range(1, per_device, args.per_message)]
 
     grid = f"bench{os.getpid()}"
@@ -245,7 +248,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stored = conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0]
         dup_rows = conn.execute("SELECT COALESCE(SUM(count), 0) FROM ingest_counters WHERE name = 'duplicate'").fetchone()[0]
         rejected = conn.execute("SELECT COALESCE(SUM(count), 0) FROM ingest_counters WHERE name != 'duplicate'").fetchone()[0]
-        intact = all(bytes(r) == raw[bytes(d)][s - 1] for d, s, r in conn.execute("SELECT device_id, seq, raw FROM readings"))
+        intact = all(bytes(r) == raw[bytes(did)][s - 1]
+                     for did, s, r in conn.execute("SELECT device_id, seq, raw FROM readings"))
         conn.close()
     bound = verify_per_core * n_cores
     valid = ok and stored == total and intact and rejected == 0
