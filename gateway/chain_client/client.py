@@ -51,7 +51,7 @@ from gateway.validator import errors as E
 
 from .api import (PENDING, REJECTED, SIGNED, SUBMITTED, ChainBackend, EscrowInfo, Keyring, Receipt, SubmissionId,
                   SubmissionStatus)
-from .errors import (SUPERSEDED, ChainClientError, ChainUnavailable, FinalityTimeout, NonceError, RpcError,
+from .errors import (SUPERSEDED, ChainClientError, ChainUnavailable, FinalityTimeout, NoKey, NonceError, RpcError,
                      TxInvalid, TxRejected)
 from .intents import Intent, NonceFill
 from .outbox import Outbox, OutboxRow
@@ -196,10 +196,13 @@ class OutboxChainClient:
                 await self.run_once()
                 backoff = self.config.backoff_initial
                 wait = self.config.poll_interval
-            except (ChainUnavailable, RpcError) as exc:
+            except Exception as exc:  # the follower must outlive any one failure
                 self._count("backoff")
                 wait = backoff * (0.5 + random.random())
-                log.warning("outbox follower: %s; retrying in %.2f s", exc, wait)
+                if isinstance(exc, ChainClientError):
+                    log.warning("outbox follower: %s; retrying in %.2f s", exc, wait)
+                else:
+                    log.exception("outbox follower: unexpected error; retrying in %.2f s", wait)
                 backoff = min(backoff * 2, self.config.backoff_max)
             self._wake.clear()
             try:
@@ -214,7 +217,12 @@ class OutboxChainClient:
         to_send = []
         for row in rows:
             if row.state == PENDING:
-                row = await self._sign(row)
+                try:
+                    row = await self._sign(row)
+                except NoKey as exc:  # the wallet lost this key: the row waits, the others go on
+                    self._count("no_key")
+                    log.error("outbox %s cannot be signed: %s", row.key, exc)
+                    continue
             if row.state == SIGNED and self._due(row.key):
                 to_send.append(row)
         for i in range(0, len(to_send), self.config.send_batch):
@@ -230,8 +238,11 @@ class OutboxChainClient:
             async with sem:
                 await self._poll(r, chain_nonces)
 
-        await asyncio.gather(*(one(r) for r in submitted))
+        results = await asyncio.gather(*(one(r) for r in submitted), return_exceptions=True)
         self._notify()
+        for res in results:  # every poll has finished; now report the first failure
+            if isinstance(res, BaseException):
+                raise res
         return len(self.outbox.live())
 
     async def run_until_settled(self, timeout: float = 30.0) -> None:
