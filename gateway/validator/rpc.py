@@ -1,0 +1,291 @@
+"""JSON-RPC 2.0 over HTTP (aiohttp): the interface the chain client is coded against.
+
+``POST /`` with one request object or a batch array. Hex is ``0x``-prefixed.
+
+=============================  =====================================================
+method                         result
+=============================  =====================================================
+chain_sendRawTransaction(hex)  tx hash; idempotent (a known tx returns its hash)
+chain_sendRawTransactions([])  [hash | {"error": reason}] (batch intake)
+chain_getTransactionStatus(h)  {"status": unknown|pending|included|final|rejected,
+                               "height": n|null, "reason": str|null}
+chain_getTransactionReceipt(h) receipt object or null (final transactions only)
+chain_getBlockByNumber(n|"latest"|"final"[, full])  block object or null
+chain_blockNumber()            height of the last committed block
+chain_finalizedNumber()        the same (BFT finality: committed = final)
+chain_getBalance(address)      balance as a decimal string (uint256)
+chain_getNonce(address)        next nonce, counting the sender's pending run
+chain_waitFinal(h, timeout_s)  status object, once final or at the timeout (<= 60 s)
+chain_getEscrow(fill_id)       escrow or settlement of a fill, or null
+chain_status()                 height, round, peers, validators up, counters
+=============================  =====================================================
+
+Errors: -32700 parse error, -32600 invalid request, -32601 unknown method,
+-32602 bad params, -32603 internal; application: -32000 rejected
+(``data.reason`` = the chain's reason code, e.g. ``bad_nonce``,
+``signer_mismatch``), -32001 unavailable (``mempool_full``, ``sender_limit``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+
+from .crypto import parse_address
+from .mempool import MEMPOOL_FULL, SENDER_LIMIT
+from .state import decode_escrow, decode_settled, escrow_key, get_account, settled_key
+from .tx import MAX_TX_SIZE, TYPE_NAMES
+
+if TYPE_CHECKING:
+    from .node import Node
+
+log = logging.getLogger(__name__)
+
+PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = -32700, -32600, -32601, -32602, -32603
+REJECTED, UNAVAILABLE = -32000, -32001
+MAX_BODY = 64 * 1024 * 1024
+MAX_BATCH_TXS = 20_000
+MAX_WAIT_S = 60.0
+
+
+class RpcError(Exception):
+    def __init__(self, code: int, message: str, data: Any = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.data = data
+
+
+def _hex(b: bytes) -> str:
+    return "0x" + b.hex()
+
+
+def _bytes(v: Any, what: str, size: int | None = None, max_size: int = MAX_TX_SIZE) -> bytes:
+    if not isinstance(v, str) or not v.startswith("0x"):
+        raise RpcError(INVALID_PARAMS, f"{what}: expected 0x-prefixed hex")
+    try:
+        b = bytes.fromhex(v[2:])
+    except ValueError:
+        raise RpcError(INVALID_PARAMS, f"{what}: bad hex") from None
+    if size is not None and len(b) != size:
+        raise RpcError(INVALID_PARAMS, f"{what}: expected {size} bytes")
+    if len(b) > max_size:
+        raise RpcError(REJECTED, f"{what}: too large", {"reason": "too_large"})
+    return b
+
+
+def _addr(v: Any) -> bytes:
+    try:
+        return parse_address(v)
+    except ValueError as exc:
+        raise RpcError(INVALID_PARAMS, str(exc)) from None
+
+
+def _params(params: Any, n_min: int, n_max: int) -> list[Any]:
+    if params is None:
+        params = []
+    if not isinstance(params, list) or not n_min <= len(params) <= n_max:
+        raise RpcError(INVALID_PARAMS, f"expected {n_min}..{n_max} positional params")
+    return params
+
+
+class Rpc:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.methods: dict[str, Callable[[Any], Awaitable[Any]]] = {
+            name[4:]: getattr(self, name) for name in dir(self) if name.startswith("rpc_chain_")
+        }
+        if node.cfg.debug_rpc:
+            self.methods["debug_setPartitioned"] = self.rpc_debug_setPartitioned
+
+    # ---- methods -----------------------------------------------------------------------------
+
+    async def rpc_chain_sendRawTransaction(self, params: Any) -> str:
+        (raw,) = _params(params, 1, 1)
+        res = (await self.node.submit([_bytes(raw, "tx")]))[0]
+        if isinstance(res, str):
+            code = UNAVAILABLE if res in (MEMPOOL_FULL, SENDER_LIMIT) else REJECTED
+            raise RpcError(code, f"transaction rejected: {res}", {"reason": res})
+        return _hex(res)
+
+    async def rpc_chain_sendRawTransactions(self, params: Any) -> list[Any]:
+        (raws,) = _params(params, 1, 1)
+        if not isinstance(raws, list) or len(raws) > MAX_BATCH_TXS:
+            raise RpcError(INVALID_PARAMS, f"expected a list of at most {MAX_BATCH_TXS} hex transactions")
+        out: list[Any] = [None] * len(raws)
+        good: list[bytes] = []
+        idx: list[int] = []
+        for i, r in enumerate(raws):
+            try:
+                good.append(_bytes(r, f"tx {i}"))
+                idx.append(i)
+            except RpcError as exc:
+                out[i] = {"error": (exc.data or {}).get("reason", "bad_hex")}
+        for i, res in zip(idx, await self.node.submit(good)):
+            out[i] = {"error": res} if isinstance(res, str) else _hex(res)
+        return out
+
+    async def rpc_chain_getTransactionStatus(self, params: Any) -> dict[str, Any]:
+        (h,) = _params(params, 1, 1)
+        return self.node.tx_status(_bytes(h, "hash", 32))
+
+    async def rpc_chain_getTransactionReceipt(self, params: Any) -> dict[str, Any] | None:
+        (h,) = _params(params, 1, 1)
+        r = self.node.store.receipt(_bytes(h, "hash", 32))
+        if r is None:
+            return None
+        hd = self.node.store.header_at(r.height)
+        return {"txHash": _hex(r.tx_hash), "blockNumber": r.height, "blockHash": _hex(hd.hash) if hd else None,
+                "index": r.index, "type": TYPE_NAMES.get(r.type, str(r.type)), "sender": _hex(r.sender),
+                "fillId": _hex(r.fill_id) if r.fill_id else None, "status": "final"}
+
+    async def rpc_chain_getBlockByNumber(self, params: Any) -> dict[str, Any] | None:
+        p = _params(params, 1, 2)
+        which, full = p[0], (p[1] if len(p) > 1 else False)
+        store = self.node.store
+        if which in ("latest", "final"):
+            n = store.head.height
+        elif isinstance(which, int) and not isinstance(which, bool) and which >= 0:
+            n = which
+        else:
+            raise RpcError(INVALID_PARAMS, 'block number: a non-negative integer, "latest" or "final"')
+        if not isinstance(full, bool):
+            raise RpcError(INVALID_PARAMS, "full: a boolean")
+        blk = store.block_at(n) if n <= store.head.height else None
+        if blk is None:
+            return None
+        from .crypto import keccak256
+        hd = blk.header
+        row = store.conn.execute("SELECT cert FROM chain_certs WHERE height = ?", (n,)).fetchone()
+        cert = None
+        if row is not None:
+            from .votes import decode_certificate
+            c = decode_certificate(bytes(row[0]))
+            cert = {"round": c.round, "signers": [_hex(v.signer) for v in c.votes], "raw": _hex(bytes(row[0]))}
+        return {"number": hd.height, "hash": _hex(hd.hash), "parentHash": _hex(hd.parent_hash), "round": hd.round,
+                "proposer": _hex(hd.proposer), "timestamp": hd.timestamp, "txRoot": _hex(hd.tx_root),
+                "stateRoot": _hex(hd.state_root), "txCount": len(blk.txs),
+                "transactions": [_hex(r) if full else _hex(keccak256(r)) for r in blk.txs],
+                "certificate": cert}
+
+    async def rpc_chain_blockNumber(self, params: Any) -> int:
+        _params(params, 0, 0)
+        return self.node.store.head.height
+
+    async def rpc_chain_finalizedNumber(self, params: Any) -> int:
+        _params(params, 0, 0)
+        return self.node.store.head.height
+
+    async def rpc_chain_getBalance(self, params: Any) -> str:
+        (a,) = _params(params, 1, 1)
+        return str(get_account(self.node.store, _addr(a)).balance)
+
+    async def rpc_chain_getNonce(self, params: Any) -> int:
+        (a,) = _params(params, 1, 1)
+        return self.node.mempool.next_nonce(_addr(a))
+
+    async def rpc_chain_waitFinal(self, params: Any) -> dict[str, Any]:
+        p = _params(params, 1, 2)
+        h = _bytes(p[0], "hash", 32)
+        t = p[1] if len(p) > 1 else 10.0
+        if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= MAX_WAIT_S:
+            raise RpcError(INVALID_PARAMS, f"timeout_s: a number in 0..{MAX_WAIT_S}")
+        return await self.node.wait_final(h, float(t))
+
+    async def rpc_chain_getEscrow(self, params: Any) -> dict[str, Any] | None:
+        (f,) = _params(params, 1, 1)
+        fid = _bytes(f, "fill id", 32)
+        store = self.node.store
+        raw = store.get(escrow_key(fid))
+        if raw is not None:
+            e = decode_escrow(raw)
+            return {"fillId": _hex(fid), "status": "escrowed", "maker": _hex(e.maker), "taker": _hex(e.taker),
+                    "noia": str(e.noia), "wh": e.wh, "intervalStart": e.interval_start, "grid": _hex(e.grid)}
+        raw = store.get(settled_key(fid))
+        if raw is not None:
+            st = decode_settled(raw)
+            return {"fillId": _hex(fid), "status": "settled", "deliveredWh": st.delivered_wh,
+                    "payment": str(st.payment), "refund": str(st.refund)}
+        return None
+
+    async def rpc_chain_status(self, params: Any) -> dict[str, Any]:
+        _params(params, 0, 0)
+        return self.node.status()
+
+    async def rpc_debug_setPartitioned(self, params: Any) -> bool:
+        (on,) = _params(params, 1, 1)
+        if not isinstance(on, bool):
+            raise RpcError(INVALID_PARAMS, "a boolean")
+        self.node.net.set_partitioned(on)
+        return on
+
+    # ---- dispatch ----------------------------------------------------------------------------
+
+    async def call(self, req: Any) -> dict[str, Any] | None:
+        rid = req.get("id") if isinstance(req, dict) else None
+        if isinstance(rid, (dict, list)) or isinstance(rid, float):
+            rid = None
+        try:
+            if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str) \
+                    or ("id" in req and isinstance(req["id"], (dict, list, bool))):
+                raise RpcError(INVALID_REQUEST, "not a JSON-RPC 2.0 request")
+            fn = self.methods.get(req["method"])
+            if fn is None:
+                raise RpcError(METHOD_NOT_FOUND, f"unknown method {req['method']!r}")
+            params = req.get("params")
+            if params is not None and not isinstance(params, list):
+                raise RpcError(INVALID_PARAMS, "params must be an array")
+            result = await fn(params)
+            if "id" not in req:
+                return None  # a notification
+            return {"jsonrpc": "2.0", "id": rid, "result": result}
+        except RpcError as exc:
+            err: dict[str, Any] = {"code": exc.code, "message": exc.message}
+            if exc.data is not None:
+                err["data"] = exc.data
+            self.node.count(f"rpc_error_{exc.code}")
+            return {"jsonrpc": "2.0", "id": rid, "error": err}
+        except Exception as exc:  # never crash the node on one request
+            log.exception("rpc %r failed", req.get("method") if isinstance(req, dict) else req)
+            return {"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL, "message": f"internal error: {exc}"}}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        try:
+            body = await request.read()
+        except web.HTTPRequestEntityTooLarge:
+            return _json({"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": "body too large"}},
+                         413)
+        try:
+            req = json.loads(body)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            return _json({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "parse error"}})
+        if isinstance(req, list):
+            if not req:
+                return _json({"jsonrpc": "2.0", "id": None,
+                              "error": {"code": INVALID_REQUEST, "message": "empty batch"}})
+            out = [r for r in [await self.call(x) for x in req] if r is not None]
+            return _json(out) if out else web.Response(status=204)
+        res = await self.call(req)
+        return _json(res) if res is not None else web.Response(status=204)
+
+
+def _json(obj: Any, status: int = 200) -> web.Response:
+    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), status=status,
+                        content_type="application/json")
+
+
+async def start_rpc(node: Node, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
+    rpc = Rpc(node)
+    app = web.Application(client_max_size=MAX_BODY)
+    app.router.add_post("/", rpc.handle)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sock = site._server.sockets[0]  # type: ignore[union-attr]
+    addr = sock.getsockname()[:2]
+    return runner, (addr[0], addr[1])
