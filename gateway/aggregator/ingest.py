@@ -38,6 +38,7 @@ import cbor2
 import paho.mqtt.client as paho
 
 from gateway.aggregator.checks import ClockPolicy
+from gateway.aggregator.derive import DeriverThread
 from gateway.aggregator.keys import KeySource, load_keys_file
 from gateway.aggregator.pipeline import Ingestor, Job, parse_topic
 from gateway.aggregator.store import ReadingStore
@@ -72,6 +73,7 @@ class IngestConfig:
     username: str | None = None           # broker credential (``gateway broker-config``'s gateway user)
     password: str | None = None
     ca_file: str | None = None            # TLS to the broker, verified against the complex's CA
+    derive_every_s: float | None = 2.0    # interval energy + evidence roots pass; None = off
 
 
 def load_credentials(path: str) -> dict[str, Any]:
@@ -110,6 +112,7 @@ class IngestService:
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
         self.acks_published = 0
+        self.deriver: DeriverThread | None = None
         self.ingestor: Ingestor | None = None
         self.verifier = Verifier(cfg.workers)  # before any thread starts: workers are spawned
         self.client = paho.Client(paho.CallbackAPIVersion.VERSION2,
@@ -158,6 +161,8 @@ class IngestService:
         self._thread.start()
         if not self._ready.wait(timeout) or self.error:
             raise IngestError("start_failed", repr(self.error))
+        if self.cfg.derive_every_s:
+            self.deriver = DeriverThread(self.cfg.db_path, self.cfg.grid, self.cfg.derive_every_s).start()
         self.client.connect_async(self.cfg.host, self.cfg.port, keepalive=self.cfg.keepalive)
         self.client.loop_start()
         return self
@@ -170,6 +175,8 @@ class IngestService:
         self.client.disconnect()
         self.client.loop_stop()
         self.verifier.close()
+        if self.deriver is not None:
+            self.deriver.stop()
 
     def wait(self, timeout: float | None = None) -> bool:
         """Block until the service stops (by ``stop`` or a fatal error); True if it stopped."""
