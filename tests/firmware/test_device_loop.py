@@ -238,3 +238,26 @@ def test_last_will_marks_the_device_offline(broker):
         assert states[-1] == b"offline"
     finally:
         watcher.loop_stop()
+
+
+def test_after_a_broker_restart_the_device_resubscribes_and_gets_acks_again(broker):
+    """The host umqtt shim must not let paho silently revive a session without the
+    device's subscriptions (real umqtt never reconnects by itself)."""
+    col = collector_for(broker)
+    dev = make_device(broker, NorFlash(16))
+    try:
+        dev.sample()
+        drive(dev, lambda: dev.acked == 1)
+        broker.restart()
+        time.sleep(1.5)  # long enough for paho's own reconnect, had it been allowed
+        dev.sample()
+        deadline = time.monotonic() + 20
+        while dev.acked < 2 and time.monotonic() < deadline:
+            dev.service()
+            if not dev.connected:
+                dev._next_connect = dev.ticks_ms()
+            time.sleep(0.01)
+        assert dev.acked == 2 and dev.counters["connects"] >= 2
+    finally:
+        col.stop()
+        dev.mqtt.disconnect()

@@ -34,6 +34,7 @@ class MQTTClient:
         self._lw = None
         self._inbox = collections.deque()
         self._connected = threading.Event()
+        self._lost = False
         self._client = None
         self.timeout = 10.0
 
@@ -56,8 +57,16 @@ class MQTTClient:
         self._connack = reason_code
         self._connected.set()
 
-    def _on_disconnect(self, *_a):
+    def _on_disconnect(self, client, *_a):
+        # umqtt never reconnects by itself: the firmware notices the error on its
+        # next call, reconnects and subscribes again. Stop paho's auto-reconnect,
+        # which would otherwise revive a session without our subscriptions.
+        self._lost = True
         self._connected.clear()
+        try:
+            client.disconnect()
+        except Exception:
+            pass
 
     def connect(self, clean_session=True, timeout=None):
         c = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=self.client_id, clean_session=clean_session)
@@ -73,6 +82,7 @@ class MQTTClient:
         c.on_disconnect = self._on_disconnect
         c.on_connect = self._on_connect
         self._connack = None
+        self._lost = False
         try:
             c.connect(self.server, self.port, keepalive=self.keepalive)
         except (OSError, ValueError) as e:  # ssl.SSLError (bad certificate) is an OSError
@@ -90,7 +100,7 @@ class MQTTClient:
         return False
 
     def _require(self):
-        if self._client is None or not self._connected.is_set():
+        if self._client is None or self._lost or not self._connected.is_set():
             raise OSError(104, "ECONNRESET")
         return self._client
 
