@@ -52,7 +52,15 @@ def connect(path: str | Path, *, readonly: bool = False) -> sqlite3.Connection:
 
 
 def ensure_schema(conn: sqlite3.Connection, part: str, statements: Iterable[str]) -> None:
-    """Create ``part``'s tables if missing (idempotent, in one transaction)."""
+    """Create ``part``'s tables if missing (idempotent, in one transaction).
+
+    A part already recorded is left alone without writing, so read-only
+    connections (``gateway status``) can construct the same objects."""
+    try:
+        if conn.execute("SELECT 1 FROM schema_parts WHERE part = ?", (part,)).fetchone():
+            return
+    except sqlite3.OperationalError:  # no schema_parts yet
+        pass
     conn.execute("BEGIN IMMEDIATE")
     try:
         conn.execute("CREATE TABLE IF NOT EXISTS schema_parts (part TEXT PRIMARY KEY, created_at TEXT "

@@ -22,13 +22,16 @@ log = logging.getLogger(__name__)
 class Deriver:
     """One pass: fold new readings into intervals, root every closed interval.
 
-    An interval is closed for evidence once the grid's newest reading is past
-    its end by ``grace_s`` (device time, so it works on an accelerated clock);
-    a late reading into a rooted interval makes a new root version.
+    An interval is closed for evidence once every reporting device of the grid
+    has a reading past its end by ``grace_s`` (device time, so it works on an
+    accelerated clock too). A device whose newest reading is more than
+    ``offline_after_s`` behind the grid's newest is not waited for; if its
+    readings for a rooted interval arrive later, the root gets a new version.
     """
 
     def __init__(self, conn: sqlite3.Connection, grid: str, *, interval_s: int = INTERVAL_S,
-                 grace_s: int = 60) -> None:
+                 grace_s: int = 60, offline_after_s: int = 3600) -> None:
+        self.offline_after_s = offline_after_s
         self.conn = conn
         self.grid = grid
         self.interval_s = interval_s
@@ -44,13 +47,15 @@ class Deriver:
         if "grid" not in registry_columns(self.conn):
             return written, 0
         rooted = 0
-        row = self.conn.execute(
+        per_device = [(t, rx) for t, rx in self.conn.execute(
             "SELECT MAX(r.time), MAX(r.received_at) FROM readings r JOIN devices d ON d.device_id = r.device_id "
-            "WHERE d.grid = ?", (self.grid,)).fetchone()
-        newest, received = row if row else (None, None)
-        if newest is None:
+            "WHERE d.grid = ? AND r.time > 0 GROUP BY r.device_id", (self.grid,))]
+        if not per_device:
             return written, 0
-        closed_before = newest - self.grace_s
+        newest = max(t for t, _ in per_device)
+        received = max(rx for _, rx in per_device)
+        waited_for = [t for t, _ in per_device if t >= newest - self.offline_after_s]
+        closed_before = min(waited_for) - self.grace_s
         late = {s for (s,) in self.conn.execute(
             "SELECT DISTINCT (r.time / ?) * ? FROM readings r JOIN devices d ON d.device_id = r.device_id "
             "WHERE d.grid = ? AND r.received_at > ? AND r.time > 0",

@@ -34,6 +34,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gateway_devices.register(gsub)
     from gateway.cli import gateway_broker  # broker-config (docs/broker.md)
     gateway_broker.register(gsub)
+    from gateway.cli import gateway_status  # status [--json]
+    gateway_status.register(gsub)
 
 
 # -- run ------------------------------------------------------------------------------------
