@@ -3,9 +3,12 @@
 Households with different PV sizes and meters (Eastron SDM630/SDM120 on
 RS485 pseudo-terminals, SunSpec over TCP) are read by the real firmware on
 CPython, which signs every reading, keeps it in its flash ring buffer and
-publishes it over MQTT; the gateway side verifies each signature and
-acknowledges. Midway the broker goes down for a while (Mosquitto only): the
-devices keep reading into flash and drain the backlog in batches afterwards.
+publishes it over MQTT. The gateway registers each device (provisioning record
++ claim code, then paired with its household), verifies every signature
+against the pinned key, stores the reading durably in SQLite and only then
+acknowledges it; interval energy and the evidence roots follow. Midway the
+broker goes down for a while (Mosquitto only): the devices keep reading into
+flash and drain the backlog in batches afterwards.
 """
 
 from __future__ import annotations
@@ -46,9 +49,12 @@ def _out(args: argparse.Namespace, text: str) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import secrets
     from datetime import datetime
 
-    from gateway.aggregator.collector import Collector
+    from gateway.aggregator.ingest import IngestConfig, IngestService, keys_for
+    from gateway.db import connect, open_gateway_db
+    from gateway.devices import DeviceRegistry
     from hil.broker import EmbeddedBroker, Mosquitto, find_mosquitto
     from hil.device_sim import build_device, wait_for
     from hil.modbus_rig import RigHousehold, VirtualRig
@@ -68,18 +74,25 @@ def run(args: argparse.Namespace) -> int:
     specs = [RigHousehold(Household(name, kwp=kwp, base_load_w=load, seed=i + 1), meter=meter, pace=False)
              for i, (name, kwp, meter, load) in enumerate(HOUSEHOLDS[:n])]
     work = Path(tempfile.mkdtemp(prefix="metanoia-demo-"))
+    db_path = work / "gateway.db"
     outage = set() if args.no_outage or not use_mosquitto else set(range(steps // 2, steps // 2 + max(2, steps // 8)))
-    collector = None
+    service = None
     try:
         with VirtualRig(specs, clock=clock) as rig:
             devices = [build_device(s.household.name, rig.endpoints[s.household.name], work / s.household.name,
                                     clock, grid="demo", mqtt=(broker.host, broker.port), interval_s=args.interval)
                        for s in specs]
-            collector = Collector(broker.host, broker.port, "demo",
-                                  {d.device_id: d.public_key for d in devices}).start()
-            for d in devices:
+            conn = open_gateway_db(db_path)
+            reg = DeviceRegistry(conn)
+            for d in devices:  # the installer's provisioning record, then the homeowner pairs
+                claim = secrets.token_urlsafe(12)
+                reg.add(d.identity() | {"profile": d.config["grid_meter"]["profile"]}, claim_code=claim)
+                reg.pair(d.device_id, f"apt-{d.name}", claim)
                 _out(args, f"device {d.name}: id {d.device_id.hex()}, meter {d.config['grid_meter']['profile']}, "
-                           f"PV {'sunspec inverter' if d.config['pv_inverter'] else 'none'}")
+                           f"PV {'sunspec inverter' if d.config['pv_inverter'] else 'none'}, paired to apt-{d.name}")
+            conn.close()
+            cfg = IngestConfig(str(db_path), "demo", broker.host, broker.port, workers=1, derive_every_s=0.5)
+            service = IngestService(cfg, keys_for(cfg)).start()
             t0 = time.monotonic()
             produced = 0
             for step in range(steps):
@@ -98,56 +111,89 @@ def run(args: argparse.Namespace) -> int:
                     d.device.service()
                 if step not in outage:
                     wait_for(lambda: all(d.device.acked >= d.device.ring.next_seq - 1 for d in devices),
-                             devices, timeout=5)
+                             devices, timeout=10)
                 if (step + 1) % max(1, 3600 // args.interval) == 0 or step == steps - 1:
                     when = datetime.fromtimestamp(clock.now(), start_dt.tzinfo).strftime("%H:%M")
-                    _out(args, f"{when}  readings {produced:5d}  verified {collector.total():5d}  "
-                               f"rejected {collector.rejected.total}")
-            wait_for(lambda: collector.total() >= produced, devices, timeout=20)
+                    acked = sum(d.device.acked for d in devices)
+                    _out(args, f"{when}  readings {produced:5d}  stored and acknowledged {acked:5d}")
+            wait_for(lambda: all(d.device.acked >= d.device.ring.next_seq - 1 for d in devices), devices, timeout=30)
             elapsed = time.monotonic() - t0
-            summary = _summary(devices, collector, n, steps, produced, elapsed, use_mosquitto, bool(outage))
+            service.stop()
+            service = None
             for d in devices:
                 d.device.mqtt.disconnect()
+            conn = connect(db_path)
+            summary = _summary(conn, devices, n, steps, produced, elapsed, use_mosquitto, bool(outage), db_path)
+            conn.close()
     finally:
-        if collector is not None:
-            collector.stop()
+        if service is not None:
+            service.stop()
         broker.close()
+    _print_intervals(args, summary, start_dt.tzinfo)
     _print_table(args, summary)
     if args.json:
         print(json.dumps(summary))
-    return 0 if summary["readings_verified"] == produced and summary["rejected"] == 0 else 1
+    ok = summary["readings_stored"] == produced and summary["energy_conserved"]
+    return 0 if ok else 1
 
 
-def _summary(devices: list, collector: Any, n: int, steps: int, produced: int, elapsed: float,
-             mosquitto: bool, outage: bool) -> dict[str, Any]:
-    per = {}
+def _summary(conn: Any, devices: list, n: int, steps: int, produced: int, elapsed: float,
+             mosquitto: bool, outage: bool, db_path: Path) -> dict[str, Any]:
+    from gateway.aggregator.intervals import IntervalEngine
+    from gateway.status import gateway_status
+
+    eng = IntervalEngine(conn)
+    status = gateway_status(conn, db_path, "demo")
+    per: dict[str, Any] = {}
+    conserved = True
     for d in devices:
-        log = collector.devices[d.device_id]
-        rs = [log.readings[s] for s in sorted(log.readings)]
-        first, last = (rs[0], rs[-1]) if rs else (None, None)
-        per[d.name] = {
-            "device_id": d.device_id.hex(),
-            "meter": d.config["grid_meter"]["profile"],
-            "readings": len(rs),
-            "import_wh": last.import_wh - first.import_wh if rs else 0,
-            "export_wh": last.export_wh - first.export_wh if rs else 0,
-            "pv_wh": last.pv_wh - first.pv_wh if rs else 0,
-            "duplicates_dropped": log.duplicates,
-            "sent_from_backlog": sum(1 for r in rs if r.flags & 0x20),
-            "messages": log.messages,
-        }
-    return {"households": n, "steps": steps, "readings_produced": produced,
-            "readings_verified": collector.total(), "rejected": collector.rejected.total,
-            "broker": "mosquitto" if mosquitto else "amqtt", "outage": outage,
-            "wall_s": round(elapsed, 2), "per_household": per}
+        rows = conn.execute("SELECT seq, import_wh, export_wh, pv_wh, flags FROM readings WHERE device_id = ? "
+                            "ORDER BY seq", (d.device_id,)).fetchall()
+        ivs = eng.household_intervals(f"apt-{d.name}")
+        sums = {k: sum(getattr(i, k) for i in ivs) for k in ("import_wh", "export_wh", "pv_wh")}
+        span = {k: (rows[-1][j] - rows[0][j]) if rows else 0
+                for j, k in ((1, "import_wh"), (2, "export_wh"), (3, "pv_wh"))}
+        conserved &= sums == span  # intervals add up to the counters' difference, to the Wh
+        per[d.name] = {"device_id": d.device_id.hex(), "household": f"apt-{d.name}",
+                       "meter": d.config["grid_meter"]["profile"], "readings": len(rows),
+                       **sums, "sent_from_backlog": sum(1 for r in rows if r[4] & 0x20),
+                       "intervals": [[i.start, i.import_wh, i.export_wh, i.pv_wh, int(bool(i.estimated))]
+                                     for i in ivs]}
+    balance = [b.to_json() for b in eng.balance("demo")]
+    return {"households": n, "intervals": len(balance), "readings_produced": produced,
+            "readings_stored": status["readings_stored"], "rejected": status["rejected"],
+            "quarantined": status["quarantined"], "evidence_roots": status["evidence_roots"],
+            "energy_conserved": conserved, "broker": "mosquitto" if mosquitto else "amqtt", "outage": outage,
+            "steps": steps, "wall_s": round(elapsed, 2), "per_household": per, "balance": balance}
+
+
+def _print_intervals(args: argparse.Namespace, s: dict[str, Any], tz: Any) -> None:
+    from datetime import datetime
+
+    names = list(s["per_household"])
+    by_start = {name: {iv[0]: iv for iv in h["intervals"]} for name, h in s["per_household"].items()}
+    _out(args, "")
+    _out(args, "per interval, Wh (import/export/PV per household; the complex's balance)")
+    _out(args, f"{'start':5}  " + "  ".join(f"{n:>17}" for n in names) + f"  {'import':>7} {'export':>7} "
+               f"{'PV':>7} {'net':>7}")
+    for b in s["balance"]:
+        cells = []
+        for name in names:
+            iv = by_start[name].get(b["start"])
+            cells.append(f"{iv[1]:>5}/{iv[2]:>5}/{iv[3]:>5}" if iv else f"{'-':>17}")
+        when = datetime.fromtimestamp(b["start"], tz).strftime("%H:%M")
+        _out(args, f"{when:5}  " + "  ".join(cells) + f"  {b['import_wh']:>7} {b['export_wh']:>7} "
+                   f"{b['pv_wh']:>7} {b['net_wh']:>7}" + ("  *" if b["estimated"] else ""))
 
 
 def _print_table(args: argparse.Namespace, s: dict[str, Any]) -> None:
     _out(args, "")
     _out(args, f"{'household':10} {'meter':8} {'readings':>8} {'import Wh':>10} {'export Wh':>10} "
-               f"{'PV Wh':>10} {'backlog':>8} {'msgs':>6}")
+               f"{'PV Wh':>10} {'backlog':>8}")
     for name, h in s["per_household"].items():
         _out(args, f"{name:10} {h['meter']:8} {h['readings']:8d} {h['import_wh']:10d} {h['export_wh']:10d} "
-                   f"{h['pv_wh']:10d} {h['sent_from_backlog']:8d} {h['messages']:6d}")
-    _out(args, f"verified {s['readings_verified']} of {s['readings_produced']} signed readings, "
-               f"rejected {s['rejected']}, in {s['wall_s']} s")
+                   f"{h['pv_wh']:10d} {h['sent_from_backlog']:8d}")
+    _out(args, f"stored {s['readings_stored']} of {s['readings_produced']} signed readings "
+               f"(rejected {s['rejected']}, quarantined {s['quarantined']}), {s['intervals']} intervals, "
+               f"{s['evidence_roots']} evidence roots, energy conserved: {s['energy_conserved']}, "
+               f"in {s['wall_s']} s")
