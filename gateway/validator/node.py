@@ -37,7 +37,7 @@ from .p2p import Limits
 from .block import Block, decode_block
 from .consensus import Action, Decide, Equivocation, Machine, ProposalIn, Propose, Schedule, SignVote, Timeouts
 from .crypto import address_of, keccak256
-from .errors import BlockInvalid, ChainError, DecodeError
+from .errors import BAD_NONCE, BlockInvalid, ChainError, DecodeError
 from .execute import BlockResult, build_block, execute_block
 from .genesis import Genesis
 from .mempool import Mempool, Verifier
@@ -132,6 +132,7 @@ class Node:
         self.net = p2p.Network(cfg.key, g.chain_id, g.hash, cfg.p2p, list(cfg.peers), self._on_frame,
                                limits=cfg.limits, on_connect=self._on_connect)
         self.counters: dict[str, int] = {}
+        self.timing: dict[str, float] = {}   # cumulative seconds on the event loop, per stage (a cheap profile)
         self.blocks: dict[bytes, Candidate] = {}           # current height's built/executed blocks
         self.proposals: dict[tuple[int, int], tuple[Vote, bytes]] = {}  # (h, r) -> signed proposal, block bytes
         self.validating: dict[bytes, asyncio.Future[Candidate | None]] = {}
@@ -180,6 +181,9 @@ class Node:
     def count(self, what: str, n: int = 1) -> None:
         self.counters[what] = self.counters.get(what, 0) + n
 
+    def _time(self, what: str, t0: float) -> None:
+        self.timing[what] = self.timing.get(what, 0.0) + time.perf_counter() - t0
+
     def _nonce_of(self, addr: bytes) -> int:
         return get_account(self.store, addr).nonce
 
@@ -223,6 +227,7 @@ class Node:
                 self.count("repropose_missing_block")
                 return
         else:
+            t0 = time.perf_counter()
             s = self.store
             head = s.head
             cands = self.mempool.select(self.cfg.max_block_txs)
@@ -230,10 +235,13 @@ class Node:
             block, result, rejected = build_block(s, s.accumulator, head, cands, self.params, self.address, ts,
                                                   a.round, header_at=s.header_at)
             for vtx, exc in rejected:
-                self.mempool.drop(vtx.hash, exc.reason)
+                # a later nonce behind a rejected one waits for the gap to be filled; the rest is dropped
+                if not (exc.reason == BAD_NONCE and vtx.tx.nonce > self._nonce_of(vtx.tx.sender)):
+                    self.mempool.drop(vtx.hash, exc.reason)
             by_hash = {v.hash: v for v in cands}
             kept = tuple(by_hash[r.tx_hash] for r in result.receipts)
             cand = Candidate(block, result, kept, frozenset(v.hash for v in kept))
+            self._time("build_block", t0)
         block = cand.block
         pv = self.signer.sign(PROPOSAL, a.height, a.round, block.hash, a.pol_round)
         self.blocks[block.hash] = cand
@@ -253,11 +261,13 @@ class Node:
 
     def _commit(self, cand: Candidate, cert: Certificate) -> None:
         """The certificate first (its own transaction), then the block: a stored block always has one."""
+        t0 = time.perf_counter()
         h = cand.block.header
         c = self.store.conn
         c.execute("INSERT OR REPLACE INTO chain_certs (height, hash, cert) VALUES (?, ?, ?)",
                   (h.height, h.hash, cert.encode()))
         self.store.commit_block(cand.block, cand.result)
+        self._time("commit", t0)
         self.mempool.remove(cand.verified)
         self.blocks.clear()
         self.proposals = {k: v for k, v in self.proposals.items() if k[0] > h.height}
@@ -316,6 +326,7 @@ class Node:
         if hd.timestamp > time.time() + 2 * self.block_time + 5:
             self.count("block_from_future")
             return None
+        t0 = time.perf_counter()
         try:
             vs = [v for v in verified if v is not None]
             result = execute_block(s, s.accumulator, block, s.head, self.params, header_at=s.header_at, verified=vs)
@@ -323,6 +334,8 @@ class Node:
             self.count("block_invalid_" + exc.reason)
             log.warning("invalid block %s: %s", block.hash.hex()[:12], exc)
             return None
+        finally:
+            self._time("execute_block", t0)
         return Candidate(block, result, tuple(v for v in verified if v is not None), frozenset(hashes))
 
     # ---- frames ------------------------------------------------------------------------------
@@ -492,6 +505,7 @@ class Node:
 
     async def submit(self, raws: list[bytes], gossip: bool = True) -> list[bytes | str]:
         """Raw txs in: each result is the tx hash (accepted now or known already) or a rejection reason."""
+        t0 = time.perf_counter()
         hashes = [keccak256(r) for r in raws]
         results: list[bytes | str] = [b""] * len(raws)
         todo: list[int] = []
@@ -503,10 +517,12 @@ class Node:
                 todo.append(i)
                 batch.add(h)
         self.inflight.update(batch)
+        self._time("intake", t0)
         try:
             vs = await self.verifier.verify([raws[i] for i in todo])
         finally:
             self.inflight.difference_update(batch)
+        t0 = time.perf_counter()
         fresh: list[bytes] = []
         for i, v in zip(todo, vs):
             if isinstance(v, DecodeError):
@@ -522,6 +538,7 @@ class Node:
                 fresh.append(v.raw)
         if gossip and fresh:
             self.gossip_buf.extend(fresh)
+        self._time("intake", t0)
         return results
 
     # ---- queries (rpc.py) ----------------------------------------------------------------------
@@ -570,6 +587,7 @@ class Node:
                 "lockedRound": m.locked_round,
                 "peers": ["0x" + a.hex() for a in self.net.peers], "validators": len(self.authorities),
                 "validatorsUp": up, "mempool": len(self.mempool), "counters": counters,
+                "timing": {k: round(v, 3) for k, v in self.timing.items()},
                 "p2p": f"{self.net.listen[0]}:{self.net.listen[1]}"}
 
 
