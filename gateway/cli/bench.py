@@ -23,6 +23,7 @@ BENCHES: dict[str, tuple[str, str]] = {
     "firmware": ("bench.firmware", "bytes per signed reading; bytes allocated per read-sign-buffer cycle on MicroPython"),
     "ingest": ("bench.ingest", "signed readings verified and durably stored per second through Mosquitto"),
     "chain": ("bench.chain", "signed fills final per second: one validator, and four sharing the machine"),
+    "quote": ("bench.quote", "p99 latency of a signed quote from a maker's Peer at 500 requests/s over HTTP"),
 }
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2

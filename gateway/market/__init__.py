@@ -1,0 +1,1 @@
+"""The market: Peer (RFQ), Indexer, Oracle, agents, wallet, settlement (docs/peer.md, ...)."""
