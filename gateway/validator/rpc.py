@@ -20,20 +20,22 @@ chain_getEscrow(fill_id)       escrow or settlement of a fill, or null
 chain_status()                 height, round, peers, validators up, counters
 =============================  =====================================================
 
-Errors: -32700 parse error, -32600 invalid request, -32601 unknown method,
--32602 bad params, -32603 internal; application: -32000 rejected
+The envelope, the batches, the limits and the standard error codes (-32700
+parse error, -32600 invalid request, -32601 unknown method, -32602 bad params,
+-32603 internal) are gateway/jsonrpc.py's, shared by every gateway service;
+each error response is counted in the node's counters as ``rpc_error_{code}``.
+Application codes: -32000 rejected
 (``data.reason`` = the chain's reason code, e.g. ``bad_nonce``,
 ``signer_mismatch``), -32001 unavailable (``mempool_full``, ``sender_limit``).
 """
 
 from __future__ import annotations
 
-import json
-import logging
-from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
+
+from gateway.jsonrpc import INVALID_PARAMS, JsonRpcServer, Method, RpcError, params_of
 
 from .crypto import parse_address
 from .mempool import MEMPOOL_FULL, SENDER_LIMIT
@@ -43,21 +45,11 @@ from .tx import MAX_TX_SIZE, TYPE_NAMES
 if TYPE_CHECKING:
     from .node import Node
 
-log = logging.getLogger(__name__)
-
-PARSE_ERROR, INVALID_REQUEST, METHOD_NOT_FOUND, INVALID_PARAMS, INTERNAL = -32700, -32600, -32601, -32602, -32603
-REJECTED, UNAVAILABLE = -32000, -32001
-MAX_BODY = 64 * 1024 * 1024
-MAX_BATCH_TXS = 20_000
+REJECTED, UNAVAILABLE = -32000, -32001      # application codes; data.reason = the chain's reason code
+MAX_BODY = 64 * 1024 * 1024                 # batch intake: 20,000 txs of up to MAX_TX_SIZE bytes, as hex
+MAX_BATCH_TXS = 20_000                      # txs per chain_sendRawTransactions call
+MAX_BATCH = 1_000                           # JSON-RPC requests per batch array
 MAX_WAIT_S = 60.0
-
-
-class RpcError(Exception):
-    def __init__(self, code: int, message: str, data: Any = None) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.data = data
 
 
 def _hex(b: bytes) -> str:
@@ -85,18 +77,10 @@ def _addr(v: Any) -> bytes:
         raise RpcError(INVALID_PARAMS, str(exc)) from None
 
 
-def _params(params: Any, n_min: int, n_max: int) -> list[Any]:
-    if params is None:
-        params = []
-    if not isinstance(params, list) or not n_min <= len(params) <= n_max:
-        raise RpcError(INVALID_PARAMS, f"expected {n_min}..{n_max} positional params")
-    return params
-
-
 class Rpc:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.methods: dict[str, Callable[[Any], Awaitable[Any]]] = {
+        self.methods: dict[str, Method] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("rpc_chain_")
         }
         if node.cfg.debug_rpc:
@@ -105,7 +89,7 @@ class Rpc:
     # ---- methods -----------------------------------------------------------------------------
 
     async def rpc_chain_sendRawTransaction(self, params: Any) -> str:
-        (raw,) = _params(params, 1, 1)
+        (raw,) = params_of(params, 1, 1)
         res = (await self.node.submit([_bytes(raw, "tx")]))[0]
         if isinstance(res, str):
             code = UNAVAILABLE if res in (MEMPOOL_FULL, SENDER_LIMIT) else REJECTED
@@ -113,7 +97,7 @@ class Rpc:
         return _hex(res)
 
     async def rpc_chain_sendRawTransactions(self, params: Any) -> list[Any]:
-        (raws,) = _params(params, 1, 1)
+        (raws,) = params_of(params, 1, 1)
         if not isinstance(raws, list) or len(raws) > MAX_BATCH_TXS:
             raise RpcError(INVALID_PARAMS, f"expected a list of at most {MAX_BATCH_TXS} hex transactions")
         out: list[Any] = [None] * len(raws)
@@ -130,11 +114,11 @@ class Rpc:
         return out
 
     async def rpc_chain_getTransactionStatus(self, params: Any) -> dict[str, Any]:
-        (h,) = _params(params, 1, 1)
+        (h,) = params_of(params, 1, 1)
         return self.node.tx_status(_bytes(h, "hash", 32))
 
     async def rpc_chain_getTransactionReceipt(self, params: Any) -> dict[str, Any] | None:
-        (h,) = _params(params, 1, 1)
+        (h,) = params_of(params, 1, 1)
         r = self.node.store.receipt(_bytes(h, "hash", 32))
         if r is None:
             return None
@@ -144,7 +128,7 @@ class Rpc:
                 "fillId": _hex(r.fill_id) if r.fill_id else None, "status": "final"}
 
     async def rpc_chain_getBlockByNumber(self, params: Any) -> dict[str, Any] | None:
-        p = _params(params, 1, 2)
+        p = params_of(params, 1, 2)
         which, full = p[0], (p[1] if len(p) > 1 else False)
         store = self.node.store
         if which in ("latest", "final"):
@@ -173,23 +157,23 @@ class Rpc:
                 "certificate": cert}
 
     async def rpc_chain_blockNumber(self, params: Any) -> int:
-        _params(params, 0, 0)
+        params_of(params, 0, 0)
         return self.node.store.head.height
 
     async def rpc_chain_finalizedNumber(self, params: Any) -> int:
-        _params(params, 0, 0)
+        params_of(params, 0, 0)
         return self.node.store.head.height
 
     async def rpc_chain_getBalance(self, params: Any) -> str:
-        (a,) = _params(params, 1, 1)
+        (a,) = params_of(params, 1, 1)
         return str(get_account(self.node.store, _addr(a)).balance)
 
     async def rpc_chain_getNonce(self, params: Any) -> int:
-        (a,) = _params(params, 1, 1)
+        (a,) = params_of(params, 1, 1)
         return self.node.mempool.next_nonce(_addr(a))
 
     async def rpc_chain_waitFinal(self, params: Any) -> dict[str, Any]:
-        p = _params(params, 1, 2)
+        p = params_of(params, 1, 2)
         h = _bytes(p[0], "hash", 32)
         t = p[1] if len(p) > 1 else 10.0
         if not isinstance(t, (int, float)) or isinstance(t, bool) or not 0 <= t <= MAX_WAIT_S:
@@ -197,7 +181,7 @@ class Rpc:
         return await self.node.wait_final(h, float(t))
 
     async def rpc_chain_getEscrow(self, params: Any) -> dict[str, Any] | None:
-        (f,) = _params(params, 1, 1)
+        (f,) = params_of(params, 1, 1)
         fid = _bytes(f, "fill id", 32)
         store = self.node.store
         raw = store.get(escrow_key(fid))
@@ -213,79 +197,21 @@ class Rpc:
         return None
 
     async def rpc_chain_status(self, params: Any) -> dict[str, Any]:
-        _params(params, 0, 0)
+        params_of(params, 0, 0)
         return self.node.status()
 
     async def rpc_debug_setPartitioned(self, params: Any) -> bool:
-        (on,) = _params(params, 1, 1)
+        (on,) = params_of(params, 1, 1)
         if not isinstance(on, bool):
             raise RpcError(INVALID_PARAMS, "a boolean")
         self.node.net.set_partitioned(on)
         return on
 
-    # ---- dispatch ----------------------------------------------------------------------------
-
-    async def call(self, req: Any) -> dict[str, Any] | None:
-        rid = req.get("id") if isinstance(req, dict) else None
-        if isinstance(rid, (dict, list)) or isinstance(rid, float):
-            rid = None
-        try:
-            if not isinstance(req, dict) or req.get("jsonrpc") != "2.0" or not isinstance(req.get("method"), str) \
-                    or ("id" in req and isinstance(req["id"], (dict, list, bool))):
-                raise RpcError(INVALID_REQUEST, "not a JSON-RPC 2.0 request")
-            fn = self.methods.get(req["method"])
-            if fn is None:
-                raise RpcError(METHOD_NOT_FOUND, f"unknown method {req['method']!r}")
-            params = req.get("params")
-            if params is not None and not isinstance(params, list):
-                raise RpcError(INVALID_PARAMS, "params must be an array")
-            result = await fn(params)
-            if "id" not in req:
-                return None  # a notification
-            return {"jsonrpc": "2.0", "id": rid, "result": result}
-        except RpcError as exc:
-            err: dict[str, Any] = {"code": exc.code, "message": exc.message}
-            if exc.data is not None:
-                err["data"] = exc.data
-            self.node.count(f"rpc_error_{exc.code}")
-            return {"jsonrpc": "2.0", "id": rid, "error": err}
-        except Exception as exc:  # never crash the node on one request
-            log.exception("rpc %r failed", req.get("method") if isinstance(req, dict) else req)
-            return {"jsonrpc": "2.0", "id": rid, "error": {"code": INTERNAL, "message": f"internal error: {exc}"}}
-
-    async def handle(self, request: web.Request) -> web.Response:
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return _json({"jsonrpc": "2.0", "id": None, "error": {"code": INVALID_REQUEST, "message": "body too large"}},
-                         413)
-        try:
-            req = json.loads(body)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            return _json({"jsonrpc": "2.0", "id": None, "error": {"code": PARSE_ERROR, "message": "parse error"}})
-        if isinstance(req, list):
-            if not req:
-                return _json({"jsonrpc": "2.0", "id": None,
-                              "error": {"code": INVALID_REQUEST, "message": "empty batch"}})
-            out = [r for r in [await self.call(x) for x in req] if r is not None]
-            return _json(out) if out else web.Response(status=204)
-        res = await self.call(req)
-        return _json(res) if res is not None else web.Response(status=204)
-
-
-def _json(obj: Any, status: int = 200) -> web.Response:
-    return web.Response(body=json.dumps(obj, separators=(",", ":")).encode(), status=status,
-                        content_type="application/json")
+    def server(self) -> JsonRpcServer:
+        """The shared dispatcher over these methods; every error response is counted as ``rpc_error_{code}``."""
+        return JsonRpcServer(self.methods, max_body=MAX_BODY, max_batch=MAX_BATCH,
+                             on_error=lambda code: self.node.count(f"rpc_error_{code}"))
 
 
 async def start_rpc(node: Node, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
-    rpc = Rpc(node)
-    app = web.Application(client_max_size=MAX_BODY)
-    app.router.add_post("/", rpc.handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, host, port)
-    await site.start()
-    sock = site._server.sockets[0]  # type: ignore[union-attr]
-    addr = sock.getsockname()[:2]
-    return runner, (addr[0], addr[1])
+    return await Rpc(node).server().start(host, port)
