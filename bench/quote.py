@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import json
 import os
 import random
@@ -104,14 +105,15 @@ def _start_peer(tmp: Path) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     return proc, json.loads(line)
 
 
-async def _load(url: str, bodies: list[bytes], rate: float, connections: int,
-                timeout: float) -> tuple[list[float], list[bytes | None], float, float]:
+async def _load(url: str, bodies: list[bytes], warm: bytes, rate: float, connections: int,
+                timeout: float) -> tuple[list[float], list[float], list[bytes | None], float, float]:
     """Open loop: body i is sent at t0 + i/rate. Returns per-request latency (s, from the scheduled
     time; nan if failed), answers (None if failed), t0 and the time the last answer came back."""
     import aiohttp
 
     n = len(bodies)
     lat = [float("nan")] * n
+    lag = [0.0] * n
     answers: list[bytes | None] = [None] * n
     conn = aiohttp.TCPConnector(limit=connections, force_close=False)
     headers = {"Content-Type": "application/json"}
@@ -120,10 +122,11 @@ async def _load(url: str, bodies: list[bytes], rate: float, connections: int,
     last = [0.0]
     async with aiohttp.ClientSession(connector=conn, timeout=tmo) as session:
         for _ in range(min(connections, 8)):  # open a few connections before the clock starts
-            async with session.post(url, data=b"[]", headers=headers) as r:
+            async with session.post(url, data=warm, headers=headers) as r:
                 await r.read()
 
         async def fire(i: int, scheduled: float) -> None:
+            lag[i] = perf() - scheduled
             try:
                 async with session.post(url, data=bodies[i], headers=headers) as r:
                     body = await r.read()
@@ -146,7 +149,7 @@ async def _load(url: str, bodies: list[bytes], rate: float, connections: int,
             if i < n:
                 await asyncio.sleep(max(0.0, t0 + i / rate - perf()))
         await asyncio.gather(*tasks)
-    return lat, answers, t0, last[0]
+    return lat, lag, answers, t0, last[0]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -174,15 +177,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                       for i, a in enumerate(asks)]
             print(f"peer {ready['maker']} on {ready['listen']} (pid {proc.pid}); "
                   f"{total:,} getSenderSideOrder at {args.rate:g}/s open loop ...", flush=True)
+            warm = json.dumps(request("getMaxQuote", asks[0], domain)).encode()
+            gc.collect()
+            gc.freeze()
             cpu0, wall0 = _cpu_s(proc.pid), time.time()
-            lat, answers, t0, t_last = asyncio.run(_load(url, bodies, args.rate, args.connections, args.timeout))
+            lat, lag, answers, t0, t_last = asyncio.run(_load(url, bodies, warm, args.rate, args.connections, args.timeout))
             server_cpu = _cpu_s(proc.pid) - cpu0
         finally:
             proc.terminate()
             try:
-                proc.wait(10)
+                tail, _ = proc.communicate(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+                tail = ""
+    peer_stats: dict[str, Any] = {}
+    for line in tail.splitlines():
+        if line.startswith("{") and '"stopped"' in line:
+            peer_stats = json.loads(line)
+    service = peer_stats.get("serviceMs", {})
 
     print("checking every answer ...", flush=True)
     failures: dict[str, int] = {}
@@ -224,6 +236,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     print(f"  {received:,} answers in {elapsed:.2f} s = {rps:,.0f}/s; {errors} errors {failures or ''}", flush=True)
     print(f"  latency from scheduled send: p50 {p50:.2f} ms, p99 {p99:.2f} ms, p99.9 "
           f"{_percentile(all_lat, 0.999):.2f} ms, max {pmax:.2f} ms (goal p99 <= {GOAL:g} ms)", flush=True)
+    lag_ms = [x * 1000.0 for x in lag]
+    print(f"  of which the generator's own lag (scheduled -> sent): p50 {_percentile(lag_ms, 0.5):.2f} ms, "
+          f"p99 {_percentile(lag_ms, 0.99):.2f} ms", flush=True)
+    if service:
+        print(f"  inside the peer (body read to answer built): p50 {service['p50']:.3f} ms, "
+              f"p99 {service['p99']:.3f} ms, max {service['max']:.3f} ms", flush=True)
     print(f"  peer process CPU {server_cpu * 1000 / max(1, received):.3f} ms per answer; raw signing "
           f"{bound:.4f} ms of it", flush=True)
     return {"bench": NAME, "value": round(p99, 3), "unit": "ms", "goal": GOAL, "bound": round(bound, 4),
@@ -231,4 +249,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "max_ms": round(pmax, 3), "rps": round(rps, 1), "rate": args.rate, "seconds": args.seconds,
             "errors": errors, "error_kinds": failures, "requests": total, "verified": verified,
             "server_cpu_ms_per_quote": round(server_cpu * 1000 / max(1, received), 4),
+            "send_lag_p99_ms": round(_percentile(lag_ms, 0.99), 3), "peer_service_p99_ms": service.get("p99"), "peer_service_max_ms": service.get("max"),
             "valid": errors == 0 and received == total}

@@ -21,6 +21,7 @@ import logging
 import sqlite3
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -45,8 +46,10 @@ class NonceStore:
         self._db.execute(_SCHEMA)
         self._next = 0
         self._end = 0  # the current block is [_next, _end)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nonces")
+        self._pending: Future[tuple[int, int]] | None = None
 
-    def _reserve(self) -> None:
+    def _reserve(self) -> tuple[int, int]:
         db = self._db
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -61,15 +64,22 @@ class NonceStore:
         except BaseException:
             db.execute("ROLLBACK")
             raise
-        self._next, self._end = start, end
         log.debug("nonce block [%d, %d) reserved for 0x%s", start, end, self.maker.hex())
+        return start, end
 
     def next(self) -> int:
         if self._next >= self._end:
-            self._reserve()
+            if self._pending is not None:
+                pending, self._pending = self._pending, None
+                self._next, self._end = pending.result()
+            else:
+                self._next, self._end = self._reserve()
         n = self._next
         self._next = n + 1
+        if self._pending is None and self._end - self._next <= self.block // 2:
+            self._pending = self._pool.submit(self._reserve)
         return n
 
     def close(self) -> None:
+        self._pool.shutdown(wait=True)
         self._db.close()

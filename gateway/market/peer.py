@@ -29,6 +29,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -170,6 +171,8 @@ class Peer:
         self.errors: Counter[str] = Counter()  # refusals by reason
         self.rpc_errors: Counter[int] = Counter()  # every error response by JSON-RPC code (the dispatcher's too)
         self.quotes = 0
+        self._service = array("d", bytes(8 * 65_536))  # seconds per HTTP request handled, the last 65,536
+        self._served = 0
 
     # -- the protocol -------------------------------------------------------------------------
 
@@ -318,6 +321,17 @@ class Peer:
         out["pricePerWh"] = str(price)
         return out
 
+    def stats(self) -> dict[str, Any]:
+        """Counters and the service time (body read to answer built, in this process) of recent requests."""
+        n = min(self._served, len(self._service))
+        times = sorted(self._service[:n])
+
+        def pick(q: float) -> float:
+            return round(times[min(n - 1, int(q * (n - 1)))] * 1000.0, 3) if n else 0.0
+        return {"quotes": self.quotes, "outstanding": len(self.outstanding), "requests": self._served,
+                "refused": dict(self.errors), "errorCodes": {str(k): v for k, v in self.rpc_errors.items()},
+                "serviceMs": {"p50": pick(0.5), "p99": pick(0.99), "max": pick(1.0)}}
+
     def release(self, nonce: int) -> bool:
         """The maker agent saw this quote filled (and lowered the inventory) or cancelled."""
         return self.outstanding.release(nonce)
@@ -339,10 +353,13 @@ class Peer:
                     "code": INVALID_REQUEST, "message": f"body over {cfg.max_body} bytes",
                     "data": {"reason": OVERSIZED}}}, status=413)
             token = _REMOTE.set(request.remote or "?")
+            t0 = time.perf_counter()
             try:
                 return await server.handle(request)
             finally:
                 _REMOTE.reset(token)
+                self._service[self._served % len(self._service)] = time.perf_counter() - t0
+                self._served += 1
 
         app = web.Application(client_max_size=cfg.max_body)
         app.router.add_post("/", handle)

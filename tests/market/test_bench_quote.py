@@ -18,3 +18,4 @@ def test_short_bench_quote_run_reports_the_fixed_shape_and_verifies_every_answer
     assert last["requests"] == 200 and last["errors"] == 0 and last["verified"] == 200 and last["valid"] is True
     assert last["value"] > 0 and last["bound"] > 0 and abs(last["ratio"] - last["value"] / last["bound"]) < 0.1 + 0.01 * last["ratio"]
     assert last["p50_ms"] <= last["value"] <= last["max_ms"] and last["rps"] > 50
+    assert last["peer_service_p99_ms"] is not None  # the peer process reported its own service time on exit
