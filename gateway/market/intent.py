@@ -70,7 +70,7 @@ class Intent:
     nonce: int
 
     def __post_init__(self) -> None:
-        if self.side not in SIDES:
+        if not isinstance(self.side, str) or self.side not in SIDES:
             raise IntentError(BAD_INTENT, "side is 'sell' or 'buy'")
         if len(self.grid) != 32 or len(self.maker) != 20:
             raise IntentError(BAD_INTENT, "grid is 32 bytes, maker 20")
@@ -111,7 +111,7 @@ class Intent:
         if not isinstance(obj, dict) or set(obj) != set(FIELDS):
             raise IntentError(BAD_INTENT, f"an intent is an object with exactly {', '.join(FIELDS)}")
         side = obj["side"]
-        if side not in SIDES:
+        if not isinstance(side, str) or side not in SIDES:
             raise IntentError(BAD_INTENT, "side is 'sell' or 'buy'")
         locator = obj["locator"]
         if not isinstance(locator, str):

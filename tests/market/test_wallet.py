@@ -7,6 +7,7 @@ import logging
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 from coincurve import PrivateKey
@@ -393,3 +394,35 @@ def test_no_secret_ever_reaches_the_logs(tmp_path: Path, caplog: pytest.LogCaptu
                    bytes(secret).hex().upper()]:
         assert needle not in text
     harden_process()  # best effort; must not raise
+
+
+def test_cli_create_policy_export_import_approve(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    from gateway.cli import main
+    sf = tmp_path / "secret"
+    sf.write_bytes(SECRET)
+    os.chmod(sf, 0o600)
+    pf = tmp_path / "pass"
+    pf.write_text("homeowner passphrase\n")
+    os.chmod(pf, 0o600)
+    base = ["--dir", str(tmp_path / "w"), "--secret-file", str(sf), "--test-kdf"]
+
+    def run(*argv: str) -> dict[str, Any]:
+        assert main(["wallet", *argv]) == 0
+        return json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+    addr = run("create", *base, "h1")["address"]
+    assert run("list", *base)["households"] == {"h1": addr}
+    pol = run("policy", *base, "h1", "--set", "--sell-floor", "150", "--interval-wh", "3000")["policy"]
+    assert pol["sell_floor_per_wh"] == 150 and pol["buy_cap_per_wh"] is None
+    out = tmp_path / "h1.keystore.json"
+    run("export", *base, "h1", "--out", str(out), "--passphrase-file", str(pf))
+    assert stat.S_IMODE(os.stat(out).st_mode) == 0o600
+    assert Account.from_key(Account.decrypt(out.read_text(), "homeowner passphrase")).address == addr
+    monkeypatch.setenv("METANOIA_WALLET_SECRET", "a-second-gateway-secret-xyz")
+    monkeypatch.setenv("METANOIA_WALLET_PASSPHRASE", "homeowner passphrase")
+    assert run("import", "--dir", str(tmp_path / "w2"), "--test-kdf", "h1", str(out))["address"] == addr
+    m = run("approve", *base, "h1", "--kind", "transfer", "--to", "0x" + "09" * 20, "--noia", "5")
+    assert len(m["id"]) == 32
+    assert main(["wallet", "create", "--dir", str(tmp_path / "w"), "--secret-file", str(pf), "h2"]) == 1
+    assert "wrong_master_secret" in capsys.readouterr().err
