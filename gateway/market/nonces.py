@@ -48,6 +48,7 @@ class NonceStore:
         self._end = 0  # the current block is [_next, _end)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="nonces")
         self._pending: Future[tuple[int, int]] | None = None
+        self._next, self._end = self._reserve()  # at start-up, not on the first quote
 
     def _reserve(self) -> tuple[int, int]:
         db = self._db

@@ -412,3 +412,19 @@ def test_check_quote_catches_a_tampered_answer(tmp_path: Path) -> None:
     assert info.value.reason == "wrong_signer"
     with pytest.raises(QuoteInvalid):
         check_quote(res, Domain(1, DOMAIN.verifying_contract), MAKER, ask)
+
+
+def test_wired_to_the_wallet_the_household_key_signs_under_its_policy(tmp_path: Path) -> None:
+    from gateway.market.wallet import HouseholdSigner, Wallet, WalletKdf
+    from gateway.market.wallet_policy import Policy
+
+    wallet = Wallet(tmp_path / "w", b"operator-master-secret-0123456789", kdf=WalletKdf.light(), clock=Clock())
+    household = wallet.create("h1")
+    wallet.set_policy("h1", Policy(sell_floor_per_wh=PRICE, interval_wh=1_000))
+    signer = HouseholdSigner(wallet, "h1", lambda _start: 5_000)
+    peer = make_peer(tmp_path, signer=signer)
+    res = call(peer, "getSenderSideOrder", wh=600)
+    assert check_quote(res, DOMAIN, household, Ask(GRID, START, wh=600)).order.maker == household
+    err = refused(peer, "getSenderSideOrder", wh=600)  # the policy's per-interval limit, before the inventory
+    assert err.reason == "signer_refused" and err.data["signerReason"]
+    assert call(peer, "getMaxQuote")["wh"] == 4_400 and peer.quotes == 1
