@@ -28,11 +28,13 @@ from gateway.validator.order import Domain
 from gateway.validator.tx import Cancel, Fill, Tx, sign_tx
 
 from .api import ChainTxStatus, EscrowInfo, SignedTx
-from .errors import BAD_RESPONSE, ChainClientError, ChainUnavailable, rpc_error
+from .errors import (BAD_RESPONSE, MEMPOOL_FULL, REJECTED_CODE, SENDER_LIMIT, UNAVAILABLE_CODE, ChainClientError,
+                     ChainUnavailable, rpc_error)
 from .intents import Action, Intent, NonceFill
 from .rpc import JsonRpcClient
 
 _STATUSES = ("unknown", "pending", "included", "final", "rejected")
+MAX_NODE_WAIT_S = 60.0  # chain_waitFinal's longest wait on the node
 
 
 def filler_order_nonce(sender: bytes, nonce: int) -> int:
@@ -67,6 +69,17 @@ def _int(v: Any) -> int:
         except ValueError:
             pass
     raise ChainUnavailable(BAD_RESPONSE, f"expected an integer, got {v!r}")
+
+
+def _batch_error(err: Any) -> ChainClientError:
+    """One refused item of ``chain_sendRawTransactions``: the node answers ``{"error": reason}`` (the
+    chain's reason code, no JSON-RPC code); a full error object is read as well."""
+    if isinstance(err, str):
+        code = UNAVAILABLE_CODE if err in (MEMPOOL_FULL, SENDER_LIMIT) else REJECTED_CODE
+        return rpc_error(code, err, {"reason": err})
+    if isinstance(err, dict):
+        return rpc_error(_int(err.get("code", REJECTED_CODE)), str(err.get("message", "")), err.get("data"))
+    raise ChainUnavailable(BAD_RESPONSE, f"chain_sendRawTransactions: bad item {err!r:.200}")
 
 
 def _field(d: dict[str, Any], *names: str) -> Any:
@@ -123,8 +136,7 @@ class BundledBackend:
         out: list[bytes | ChainClientError] = []
         for item in res:
             if isinstance(item, dict):
-                err = item.get("error", item)
-                out.append(rpc_error(_int(err.get("code", -32000)), str(err.get("message", "")), err.get("data")))
+                out.append(_batch_error(item.get("error", item)))
             else:
                 out.append(_bytes(item, 32))
         return out
@@ -142,6 +154,7 @@ class BundledBackend:
 
     async def wait_final_on_node(self, tx_hash: bytes, timeout_s: float) -> ChainTxStatus:
         """``chain_waitFinal``: a long poll on the node (the outbox follower polls status instead)."""
+        timeout_s = max(0.0, min(timeout_s, MAX_NODE_WAIT_S))
         res = await self.rpc.call("chain_waitFinal", _hex(tx_hash), timeout_s, timeout=timeout_s + self.rpc.timeout)
         if isinstance(res, dict) and res.get("status") in _STATUSES:
             h = res.get("height")
@@ -160,6 +173,8 @@ class BundledBackend:
             return None
         if not isinstance(res, dict):
             raise ChainUnavailable(BAD_RESPONSE, f"chain_getEscrow: {res!r:.200}")
+        if res.get("status") == "settled":  # the escrow is paid out: no escrow any more
+            return None
         return EscrowInfo(fill_id, _bytes(_field(res, "maker"), 20), _bytes(_field(res, "taker"), 20),
                           _int(_field(res, "noia")), _int(_field(res, "wh")),
                           _int(_field(res, "interval_start", "intervalStart")), _bytes(_field(res, "grid"), 32))

@@ -11,10 +11,12 @@
       - ``TxInvalid``: the bytes are not a well-formed, correctly signed tx of
         this chain (decode-level reasons: bad_signature, wrong_chain_id, ...).
       - ``TxRejected``: a well-formed tx the state does not allow
-        (insufficient_balance, order_already_filled, ...).
+        (insufficient_balance, order_already_filled, ...; any other -32000
+        "rejected" too).
       - ``NonceError`` (a ``TxRejected`` with reason ``bad_nonce``): the
         outbox decides between "stale" and "not yet" by reading the chain's nonce.
-      - ``NodeBusy``: mempool_full, sender_limit, nonce_in_use: not now, later.
+      - ``NodeBusy``: mempool_full, sender_limit, nonce_in_use (or any -32001
+        "unavailable"): not now, later.
       - ``MethodNotFound``, ``InvalidParams``, ``InvalidRequest``, ``ParseError``,
         ``InternalError``: the JSON-RPC 2.0 reserved codes.
   - ``FinalityTimeout``: ``wait_final`` gave up (the submission goes on).
@@ -26,25 +28,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from gateway.jsonrpc import INTERNAL as INTERNAL_ERROR
+from gateway.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, METHOD_NOT_FOUND, PARSE_ERROR
 from gateway.validator import errors as E
+from gateway.validator.mempool import MEMPOOL_FULL, NONCE_IN_USE, SENDER_LIMIT
+from gateway.validator.rpc import REJECTED as REJECTED_CODE        # the chain refuses the tx; data.reason says why
+from gateway.validator.rpc import UNAVAILABLE as UNAVAILABLE_CODE  # not now (mempool_full, sender_limit)
 
-# JSON-RPC 2.0 reserved codes
-PARSE_ERROR = -32700
-INVALID_REQUEST = -32600
-METHOD_NOT_FOUND = -32601
-INVALID_PARAMS = -32602
-INTERNAL_ERROR = -32603
-
-# client-side reason codes (chain reason codes come from gateway/validator/errors.py)
+# client-side reason codes (chain reason codes come from gateway/validator/errors.py and mempool.py)
 UNAVAILABLE = "unavailable"
 TIMEOUT = "timeout"
 BAD_RESPONSE = "bad_response"
-SUPERSEDED = "superseded"
-# the validator mempool's "not now" reasons (gateway/validator/mempool.py)
-MEMPOOL_FULL = "mempool_full"
-SENDER_LIMIT = "sender_limit"
-NONCE_IN_USE = "nonce_in_use"      # another pending tx holds this (sender, nonce)
-BUSY_REASONS = frozenset({MEMPOOL_FULL, SENDER_LIMIT, NONCE_IN_USE})          # another tx with the same (sender, nonce) applied instead
+SUPERSEDED = "superseded"          # another tx with the same (sender, nonce) applied instead
+BUSY_REASONS = frozenset({MEMPOOL_FULL, SENDER_LIMIT, NONCE_IN_USE})   # the node's "not now"
 INTENT_CONFLICT = "intent_conflict"
 UNKNOWN_SUBMISSION = "unknown_submission"
 NO_KEY = "no_key"
@@ -174,6 +170,8 @@ def rpc_error(code: int, message: str, data: Any = None) -> RpcError:
         return NodeBusy(code, message, data, reason)
     if reason in DECODE_REASONS:
         return TxInvalid(code, message, data, reason)
-    if reason in _REASON_NAMES:
+    if reason in _REASON_NAMES or code == REJECTED_CODE:  # a reason this client does not know: still refused
         return TxRejected(code, message, data, reason)
+    if code == UNAVAILABLE_CODE:
+        return NodeBusy(code, message, data, reason)
     return _BY_CODE.get(code, RpcError)(code, message, data, reason)

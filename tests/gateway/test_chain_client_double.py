@@ -4,17 +4,24 @@
 serves the node's JSON-RPC 2.0 method names over real HTTP (aiohttp) and runs
 the real state machine of the chain core: ``verify_tx`` on intake,
 ``build_block`` over a ``MemoryStore`` every ``block_interval`` seconds, the
-receipts of the store, finality ``finality_lag`` blocks behind the head. The
-chain client's tests use it until the real node (gateway/validator/rpc.py,
-node.py) lands.
+receipts of the store. The real node is tested with the chain client in
+tests/gateway/test_chain_client_node.py; the double stays for what the real
+node does not let a test do: finality ``finality_lag`` blocks behind the head
+(the real node's BFT finality has none), replies lost after the tx was
+accepted (``drop_responses``), a chain paused at will (``paused``), blocks
+every 10 ms for property tests.
 
-Behaviour the client relies on (as specified for the real node):
+It answers as the real node does (gateway/validator/rpc.py, node.py, mempool.py):
 - ``chain_sendRawTransaction`` is idempotent: a tx already in the mempool or in
   a block returns its hash and is never applied twice; a stale nonce (below the
   account's) is refused with ``bad_nonce``; a tx the proposer dropped is
   ``rejected`` with its reason; a future nonce waits in the mempool.
-- error objects: ``{"code", "message": "reason: detail", "data": {"reason"}}``;
-  -32010 for decode-level errors, -32011 for state-level rejections.
+- error objects: ``{"code": -32000, "message": "transaction rejected: reason",
+  "data": {"reason"}}``; -32001 for mempool_full / sender_limit;
+  ``chain_sendRawTransactions`` answers ``{"error": reason}`` per refused item.
+- ``chain_getNonce`` counts the sender's pending run; ``chain_getEscrow`` is
+  ``{"fillId", "status": "escrowed", "maker", "taker", "noia", "wh",
+  "intervalStart", "grid"}`` (or ``"settled"`` with the settlement).
 - ``restart()``: the HTTP endpoint goes away (connection refused) and comes
   back with an empty mempool; blocks and receipts survive.
 """
@@ -33,18 +40,17 @@ from aiohttp import web
 from gateway.chain_client import errors as CE
 from gateway.chain_client.rpc import JsonRpcClient
 from gateway.validator.crypto import keccak256
-from gateway.validator.errors import BAD_NONCE, DecodeError, TxRejected
+from gateway.validator.errors import BAD_NONCE, DecodeError
 from gateway.validator.execute import build_block
 from gateway.validator.genesis import Genesis
-from gateway.validator.state import decode_escrow, escrow_key, get_account
+from gateway.validator.state import decode_escrow, decode_settled, escrow_key, get_account, settled_key
 from gateway.validator.storage import MemoryStore
 from gateway.validator.tx import VerifiedTx, verify_tx
 from tests.gateway.validator import kit
 
 log = logging.getLogger(__name__)
 
-TX_INVALID = -32010
-TX_REJECTED = -32011
+REJECTED = -32000   # gateway/validator/rpc.py's code, for decode- and state-level refusals alike
 
 
 class RpcFailure(Exception):
@@ -207,18 +213,16 @@ class RpcNodeDouble:
         try:
             v = verify_tx(raw, self.params.domain)
         except DecodeError as exc:
-            raise RpcFailure(TX_INVALID, str(exc), {"reason": exc.reason}) from None
+            raise RpcFailure(REJECTED, f"transaction rejected: {exc.reason}", {"reason": exc.reason}) from None
         self.sends[v.hash] = self.sends.get(v.hash, 0) + 1
         h = "0x" + v.hash.hex()
         if v.hash in self.mempool or self.store.receipt(v.hash) is not None:
             return h
         acct = get_account(self.store, v.tx.sender)
         if v.tx.nonce < acct.nonce:
-            exc2 = TxRejected(BAD_NONCE, f"nonce {v.tx.nonce}, account is at {acct.nonce}")
-            raise RpcFailure(TX_REJECTED, str(exc2), {"reason": exc2.reason})
+            raise RpcFailure(REJECTED, f"transaction rejected: {BAD_NONCE}", {"reason": BAD_NONCE})
         if any(o.tx.sender == v.tx.sender and o.tx.nonce == v.tx.nonce for o in self.mempool.values()):
-            raise RpcFailure(TX_REJECTED, "nonce_in_use: another pending tx has this nonce",
-                             {"reason": "nonce_in_use"})
+            raise RpcFailure(REJECTED, "transaction rejected: nonce_in_use", {"reason": "nonce_in_use"})
         self.rejected.pop(v.hash, None)
         self.mempool[v.hash] = v
         return h
@@ -232,7 +236,7 @@ class RpcNodeDouble:
             try:
                 out.append(self._intake(self._hexb(r)))
             except RpcFailure as exc:
-                out.append({"code": exc.code, "message": exc.message, "data": exc.data})
+                out.append({"error": exc.data["reason"] if isinstance(exc.data, dict) else "bad_hex"})
         return out
 
     def rpc_chain_getTransactionStatus(self, h_hex: str) -> dict[str, Any]:
@@ -251,15 +255,26 @@ class RpcNodeDouble:
         return str(get_account(self.store, self._hexb(a, 20)).balance)
 
     def rpc_chain_getNonce(self, a: str) -> int:
-        return get_account(self.store, self._hexb(a, 20)).nonce
+        sender = self._hexb(a, 20)
+        n = get_account(self.store, sender).nonce
+        pending = {v.tx.nonce for v in self.mempool.values() if v.tx.sender == sender}
+        while n in pending:
+            n += 1
+        return n
 
     def rpc_chain_getEscrow(self, fid: str) -> dict[str, Any] | None:
-        raw = self.store.get(escrow_key(self._hexb(fid, 32)))
+        f = self._hexb(fid, 32)
+        raw = self.store.get(escrow_key(f))
         if raw is None:
-            return None
+            sraw = self.store.get(settled_key(f))
+            if sraw is None:
+                return None
+            st = decode_settled(sraw)
+            return {"fillId": fid, "status": "settled", "deliveredWh": st.delivered_wh, "payment": str(st.payment),
+                    "refund": str(st.refund)}
         e = decode_escrow(raw)
-        return {"maker": "0x" + e.maker.hex(), "taker": "0x" + e.taker.hex(), "noia": str(e.noia), "wh": e.wh,
-                "interval_start": e.interval_start, "grid": "0x" + e.grid.hex()}
+        return {"fillId": fid, "status": "escrowed", "maker": "0x" + e.maker.hex(), "taker": "0x" + e.taker.hex(),
+                "noia": str(e.noia), "wh": e.wh, "intervalStart": e.interval_start, "grid": "0x" + e.grid.hex()}
 
     def rpc_chain_blockNumber(self) -> int:
         return self.store.head.height
@@ -348,11 +363,15 @@ def test_transport_errors_are_chain_unavailable():
 
 
 @pytest.mark.parametrize("err, cls, reason", [
-    ({"code": -32011, "message": "insufficient_balance: balance 1 < 5", "data": {"reason": "insufficient_balance"}},
-     CE.TxRejected, "insufficient_balance"),
-    ({"code": -32011, "message": "bad_nonce: nonce 3, account is at 5"}, CE.NonceError, "bad_nonce"),
+    ({"code": -32000, "message": "transaction rejected: insufficient_balance",
+      "data": {"reason": "insufficient_balance"}}, CE.TxRejected, "insufficient_balance"),
+    ({"code": -32000, "message": "bad_nonce: nonce 3, account is at 5"}, CE.NonceError, "bad_nonce"),
+    ({"code": -32000, "message": "transaction rejected: some_new_rule", "data": {"reason": "some_new_rule"}},
+     CE.TxRejected, "some_new_rule"),
+    ({"code": -32001, "message": "transaction rejected: overloaded", "data": {"reason": "overloaded"}},
+     CE.NodeBusy, "overloaded"),
     ({"code": -32000, "message": "x", "data": "high_s"}, CE.TxInvalid, "high_s"),
-    ({"code": -32011, "message": "nonce_in_use: another pending tx", "data": {"reason": "nonce_in_use"}},
+    ({"code": -32000, "message": "transaction rejected: nonce_in_use", "data": {"reason": "nonce_in_use"}},
      CE.NodeBusy, "nonce_in_use"),
     ({"code": -32005, "message": "mempool_full"}, CE.NodeBusy, "mempool_full"),
     ({"code": -32700, "message": "parse error"}, CE.ParseError, "parse_error"),
