@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import heapq
 import hmac
 import json
 import logging
@@ -67,6 +68,7 @@ SECRET_ENV = "METANOIA_WALLET_SECRET"
 MIN_SECRET_BYTES = 16
 MAX_WH = 10 ** 12
 KST = 9 * 3600
+QUOTE_KEEP_S = 600  # expired, unfilled sell quotes stay in the ledger this long
 
 # wallet reason codes (spend refusals are in wallet_policy.py)
 WRONG_MASTER_SECRET = "wrong_master_secret"
@@ -104,6 +106,14 @@ _SCHEMA = (
         PRIMARY KEY (household, key)) WITHOUT ROWID""",
     "CREATE INDEX IF NOT EXISTS wallet_spends_interval ON wallet_spends (household, kind, interval_start)",
     "CREATE INDEX IF NOT EXISTS wallet_spends_day ON wallet_spends (household, day)",
+)
+
+
+# a counter bumped by every write that changes sell commitments, so a process sees when
+# another one signed and reloads its in-memory books
+_GEN_SCHEMA = (
+    "CREATE TABLE IF NOT EXISTS wallet_gen (id INTEGER PRIMARY KEY CHECK (id = 0), gen INTEGER NOT NULL)",
+    "INSERT OR IGNORE INTO wallet_gen VALUES (0, 0)",
 )
 
 
@@ -179,6 +189,46 @@ class _Unlocked:
     used_at: float
 
 
+class _SellBook:
+    """The sell commitments of one (household, interval) in memory: unexpired quotes
+    (a heap by expiry) plus filled ones. Summing them in SQL costs milliseconds once
+    an interval has tens of thousands of live quotes; this is O(log n) per quote.
+    Mutated only while the wallet holds the database's write lock."""
+
+    def __init__(self) -> None:
+        self.heap: list[tuple[int, bytes]] = []
+        self.live: dict[bytes, int] = {}      # key -> wh, unexpired
+        self.filled_live: set[bytes] = set()  # unexpired and already filled
+        self.live_wh = 0
+        self.filled_wh = 0                    # expired and filled
+
+    def total(self, now: float) -> int:
+        while self.heap and self.heap[0][0] <= now:
+            _, key = heapq.heappop(self.heap)
+            wh = self.live.pop(key)
+            self.live_wh -= wh
+            if key in self.filled_live:
+                self.filled_live.discard(key)
+                self.filled_wh += wh
+        return self.live_wh + self.filled_wh
+
+    def add(self, key: bytes, wh: int, expiry: int, filled: bool, now: float) -> None:
+        if expiry > now:
+            heapq.heappush(self.heap, (expiry, key))
+            self.live[key] = wh
+            self.live_wh += wh
+            if filled:
+                self.filled_live.add(key)
+        elif filled:
+            self.filled_wh += wh
+
+    def fill(self, key: bytes, wh: int) -> None:
+        if key in self.live:
+            self.filled_live.add(key)
+        else:
+            self.filled_wh += wh
+
+
 class Wallet:
     """Household keys in ``directory``, opened with the operator's ``master_secret``.
 
@@ -211,7 +261,10 @@ class Wallet:
         self._keys: dict[str, _Unlocked] = {}
         self._lock = threading.Lock()
         self._last_prune = 0.0
+        self._books: dict[tuple[str, int], _SellBook] = {}
         gdb.ensure_schema(self._conn(), "wallet", _SCHEMA)
+        gdb.ensure_schema(self._conn(), "wallet_gen", _GEN_SCHEMA)
+        self._gen = -1
         if self.db_path.exists():
             os.chmod(self.db_path, 0o600)
 
@@ -438,14 +491,39 @@ class Wallet:
     def _day(self, t: float) -> int:
         return int((t + self.day_offset_s) // 86400)
 
+    def _sync_books(self, conn: sqlite3.Connection, bump: bool) -> None:
+        """Drop the books if another process changed sell commitments (caller holds ``_lock``);
+        ``bump``: this transaction changes them (the caller commits)."""
+        (gen,) = conn.execute("SELECT gen FROM wallet_gen WHERE id = 0").fetchone()
+        if gen != self._gen:
+            self._books.clear()
+        if bump:
+            conn.execute("UPDATE wallet_gen SET gen = gen + 1 WHERE id = 0")
+            gen += 1
+        self._gen = gen
+
+    def _book(self, conn: sqlite3.Connection, household: str, interval_start: int, now: float) -> _SellBook:
+        """The interval's sell book, loaded from the ledger on first use (caller holds ``_lock``)."""
+        book = self._books.get((household, interval_start))
+        if book is None:
+            book = _SellBook()
+            for key, wh, expiry, filled in conn.execute(
+                    "SELECT key, wh, expiry, filled FROM wallet_spends WHERE household = ? AND kind = 'sell' AND "
+                    "interval_start = ? AND released_at IS NULL AND (filled = 1 OR expiry > ?)",
+                    (household, interval_start, int(now))):
+                book.add(key, wh, expiry, bool(filled), now)
+            self._books[(household, interval_start)] = book
+        return book
+
     def _exposure(self, conn: sqlite3.Connection, household: str, spend: Spend, now: float) -> Exposure:
         if spend.kind == "sell":
             # a sell quote commits energy while it can be filled, or once it was filled
-            (wh,) = conn.execute(
-                "SELECT COALESCE(SUM(wh), 0) FROM wallet_spends WHERE household = ? AND kind = 'sell' AND "
-                "interval_start = ? AND released_at IS NULL AND (filled = 1 OR expiry > ?)",
-                (household, spend.interval_start, int(now))).fetchone()
-        elif spend.kind == "buy":
+            assert spend.interval_start is not None
+            with self._lock:
+                self._sync_books(conn, bump=False)
+                wh = self._book(conn, household, spend.interval_start, now).total(now)
+            return Exposure(wh, 0)
+        if spend.kind == "buy":
             (wh,) = conn.execute(
                 "SELECT COALESCE(SUM(wh), 0) FROM wallet_spends WHERE household = ? AND kind = 'buy' AND "
                 "interval_start = ? AND released_at IS NULL", (household, spend.interval_start)).fetchone()
@@ -502,7 +580,19 @@ class Wallet:
                          "expiry, day, authorisation, signed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                          (household, spend.key, spend.kind, spend.wh, str(spend.noia), spend.interval_start,
                           spend.expiry, self._day(now), how, int(now)))
-            conn.execute("COMMIT")
+            if spend.kind == "sell":
+                assert spend.interval_start is not None and spend.expiry is not None
+                with self._lock:
+                    self._sync_books(conn, bump=True)
+                    self._book(conn, household, spend.interval_start, now).add(
+                        spend.key, spend.wh, spend.expiry, False, now)
+            try:
+                conn.execute("COMMIT")
+            except BaseException:
+                with self._lock:
+                    self._books.clear()
+                    self._gen = -1
+                raise
         except SpendRefused as exc:
             conn.execute("ROLLBACK")
             log.info("wallet: refused %s for %s: %s", spend.kind, household, exc.reason)
@@ -517,19 +607,37 @@ class Wallet:
         return signature
 
     def _prune(self, now: float) -> None:
-        """Drop sell quotes that expired unfilled more than a day ago (they commit nothing)."""
+        """Drop sell quotes that expired unfilled over ``QUOTE_KEEP_S`` ago (they commit nothing),
+        and the in-memory books of intervals long past."""
         self._last_prune = now
         conn = self._conn()
         conn.execute("PRAGMA synchronous=NORMAL")
         conn.execute("DELETE FROM wallet_spends WHERE kind = 'sell' AND filled = 0 AND expiry < ?",
-                     (int(now) - 86400,))
+                     (int(now) - QUOTE_KEEP_S,))
+        with self._lock:
+            for k in [k for k in self._books if k[1] < now - 2 * 86400]:
+                del self._books[k]
 
     def confirm_fill(self, household: str, key: bytes) -> None:
         """A sell order of the household was filled on chain: it stays committed after its expiry."""
-        cur = self._conn().execute("UPDATE wallet_spends SET filled = 1 WHERE household = ? AND key = ?",
-                                   (household, key))
-        if cur.rowcount != 1:
-            raise WalletError(UNKNOWN_SPEND, "no such signed spend")
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            row = conn.execute("SELECT wh, interval_start, filled FROM wallet_spends WHERE household = ? AND "
+                               "key = ? AND kind = 'sell'", (household, key)).fetchone()
+            if row is None:
+                raise WalletError(UNKNOWN_SPEND, "no such signed sell")
+            if not row[2]:
+                conn.execute("UPDATE wallet_spends SET filled = 1 WHERE household = ? AND key = ?", (household, key))
+                with self._lock:
+                    self._sync_books(conn, bump=True)
+                    book = self._books.get((household, row[1]))
+                    if book is not None:
+                        book.fill(key, row[0])
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
 
     def release(self, household: str, key: bytes) -> None:
         """A signed buy or transfer that can no longer land (expired and not on chain): uncount it."""
@@ -541,8 +649,17 @@ class Wallet:
         now = self.clock()
         if row[0] is None or row[0] > now:
             raise WalletError(NOT_EXPIRED, "only an expired order's spend can be released")
-        conn.execute("UPDATE wallet_spends SET released_at = ? WHERE household = ? AND key = ?",
-                     (int(now), household, key))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            conn.execute("UPDATE wallet_spends SET released_at = ? WHERE household = ? AND key = ?",
+                         (int(now), household, key))
+            with self._lock:
+                self._sync_books(conn, bump=True)
+                self._books.clear()  # rare: reload the books from the ledger
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
         log.info("wallet: released a spend of %s", household)
 
     # ---- signing ----------------------------------------------------------------------

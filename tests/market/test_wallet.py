@@ -238,7 +238,7 @@ def test_every_policy_refusal_is_reachable(wallet: Wallet, clock: Clock) -> None
     assert wallet.committed_wh("h1", "sell", INTERVAL) == 0 and wallet.spent_today("h1") == 0
 
 
-def test_sell_exposure_counts_live_and_filled_quotes(wallet: Wallet, clock: Clock) -> None:
+def test_sell_exposure_counts_live_and_filled_quotes(tmp_path: Path, wallet: Wallet, clock: Clock) -> None:
     wallet.create("h1")
     wallet.set_policy("h1", POLICY)
     a = sell(wallet, "h1", wh=1500, noia=300_000, nonce=1)
@@ -247,10 +247,18 @@ def test_sell_exposure_counts_live_and_filled_quotes(wallet: Wallet, clock: Cloc
     with pytest.raises(SpendRefused) as e:  # 2500 committed + 1 > 3000 - 500 reserve
         wallet.sign_order("h1", sell(wallet, "h1", wh=1, noia=150, nonce=3), DOMAIN, ByPolicy(3000))
     assert e.value.reason == "over_reserve"
+    restarted = Wallet(tmp_path / "w", SECRET, kdf=LIGHT, clock=clock)  # live quotes outlive a restart
+    assert restarted.committed_wh("h1", "sell", INTERVAL) == 2500
     wallet.confirm_fill("h1", a.digest(DOMAIN))
     clock.t += 61  # both quotes expired; only the filled one still commits energy
-    assert wallet.committed_wh("h1", "sell", INTERVAL) == 1500
+    for w in (wallet, restarted):
+        assert w.committed_wh("h1", "sell", INTERVAL) == 1500
     wallet.sign_order("h1", sell(wallet, "h1", wh=1000, nonce=4, expiry=int(clock.t) + 60), DOMAIN, ByPolicy(3000))
+    with pytest.raises(SpendRefused) as e:
+        wallet.sign_order("h1", sell(wallet, "h1", wh=1, noia=150, nonce=5, expiry=int(clock.t) + 60), DOMAIN,
+                          ByPolicy(3000))
+    assert e.value.reason == "over_reserve"
+    restarted.close()
 
 
 def test_buys_count_against_the_daily_limit_across_a_restart(tmp_path: Path, wallet: Wallet, clock: Clock) -> None:
