@@ -153,7 +153,9 @@ class ChainBackend(Protocol):
     async def tx_status(self, tx_hash: bytes) -> ChainTxStatus: ...
 
     async def nonce(self, address: bytes) -> int:
-        """The next nonce the chain expects from ``address`` (its applied state)."""
+        """The next nonce the chain expects from ``address``: at least its applied state (the bundled node
+        also counts the sender's pending run). The outbox reads it once per account, and to tell a stale
+        ``bad_nonce`` (below it) from a future one."""
         ...
 
     async def balance(self, address: bytes) -> int: ...

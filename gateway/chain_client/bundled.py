@@ -12,7 +12,10 @@ JSON-RPC methods used (the validator node's, gateway/validator/rpc.py):
 ``chain_getTransactionStatus``, ``chain_getNonce``, ``chain_getBalance``,
 ``chain_getEscrow``, ``chain_blockNumber``, ``chain_finalizedNumber``,
 ``chain_waitFinal``, ``chain_status``. Hex is ``0x``-prefixed; integers may
-come back as JSON numbers, decimal strings or ``0x`` hex strings.
+come back as JSON numbers, decimal strings or ``0x`` hex strings. Refusals:
+-32000 rejected / -32001 unavailable with ``data.reason``; a batch answers
+``{"error": reason}`` per refused item. Tested against the real validator
+(tests/gateway/test_chain_client_node.py).
 """
 
 from __future__ import annotations
