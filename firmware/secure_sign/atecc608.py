@@ -323,15 +323,20 @@ class ATECC608:
         rx = self._rx
         start = time.ticks_ms()
         delay = 1
+        polls = 0
         while True:  # poll: the chip NACKs its address while executing
             time.sleep_ms(delay)
             late = time.ticks_diff(time.ticks_ms(), start) > max_ms
+            polls += 1
             try:
                 self._i2c.readfrom_into(self._addr, self._one)
                 break
             except OSError:
                 self.nacks += 1
-            if late:  # this poll came after the maximum execution time
+            # Give up only when a poll after the maximum execution time still
+            # NACKs, and never on the first polls: a late wake-up of this task
+            # (a busy scheduler) must not be mistaken for a stuck chip.
+            if late and polls >= 3:
                 self.timeouts += 1
                 raise ATECCNoResponseError("ATECC608 busy beyond %d ms" % max_ms)
             delay = delay * 2 if delay < 16 else 16

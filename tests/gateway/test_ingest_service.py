@@ -56,7 +56,7 @@ class Watcher:
         self.c.loop_stop()
 
 
-def wait_until(cond, timeout: float = 15.0) -> bool:
+def wait_until(cond, timeout: float = 60.0) -> bool:  # an upper bound for loaded CI machines, not a budget
     deadline = time.monotonic() + timeout
     while not cond():
         if time.monotonic() > deadline:
