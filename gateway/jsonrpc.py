@@ -114,13 +114,18 @@ class JsonRpcServer:
 
     async def start(self, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
         """Serve on host:port (0 = a free port); returns the runner (``await runner.cleanup()``) and the address."""
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        addr = sock.getsockname()[:2]
-        return runner, (addr[0], addr[1])
+        return await serve(self.app(), host, port)
+
+
+async def serve(app: web.Application, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
+    """Serve ``app`` on host:port (0 = a free port): the runner (``await runner.cleanup()``) and the bound address."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    sock = site._server.sockets[0]  # type: ignore[union-attr]
+    addr = sock.getsockname()[:2]
+    return runner, (addr[0], addr[1])
 
 
 def _json(obj: Any, status: int = 200) -> web.Response:

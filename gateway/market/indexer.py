@@ -47,7 +47,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from gateway import db as gdb
-from gateway.jsonrpc import INVALID_PARAMS, JsonRpcServer, RpcError, params_of
+from gateway.jsonrpc import INVALID_PARAMS, JsonRpcServer, RpcError, params_of, serve
 from gateway.validator.crypto import parse_address, recover_address, to_checksum
 from gateway.validator.errors import DecodeError
 from gateway.validator.order import Domain
@@ -362,10 +362,4 @@ class IndexerService:
 
     async def start(self, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
         """Serve on host:port (0 = a free port); returns the runner and the bound address."""
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        addr = sock.getsockname()[:2]
-        return runner, (addr[0], addr[1])
+        return await serve(self.app(), host, port)

@@ -37,7 +37,7 @@ from typing import Any
 
 from aiohttp import web
 
-from gateway.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, JsonRpcServer, Method, RpcError, params_of
+from gateway.jsonrpc import INVALID_PARAMS, INVALID_REQUEST, JsonRpcServer, Method, RpcError, params_of, serve
 from gateway.validator.crypto import ZERO_ADDRESS, parse_address, to_checksum
 from gateway.validator.order import U64_MAX, U256_MAX, Domain, Order, SignedOrder, grid_id
 
@@ -367,12 +367,7 @@ class Peer:
 
     async def start(self, host: str, port: int) -> tuple[web.AppRunner, tuple[str, int]]:
         """Serve on host:port (0: a free port); returns the runner (``await runner.cleanup()``) and the address."""
-        runner = web.AppRunner(self.app(), access_log=None)
-        await runner.setup()
-        site = web.TCPSite(runner, host, port)
-        await site.start()
-        sock = site._server.sockets[0]  # type: ignore[union-attr]
-        addr = sock.getsockname()[:2]
+        runner, addr = await serve(self.app(), host, port)
         log.info("peer for maker %s on %s:%d (grid %s, chain %d)", self.maker_hex, addr[0], addr[1],
                  self.config.grid, self.config.domain.chain_id)
         return runner, (addr[0], addr[1])
