@@ -38,7 +38,7 @@ from .block import Block, decode_block
 from .consensus import Action, Decide, Equivocation, Machine, ProposalIn, Propose, Schedule, SignVote, Timeouts
 from .crypto import address_of, keccak256
 from .errors import BAD_NONCE, BlockInvalid, ChainError, DecodeError
-from .execute import BlockResult, build_block, execute_block
+from .execute import BlockResult, build_block, execute_block, touched_keys
 from .genesis import Genesis
 from .mempool import Mempool, Verifier
 from .state import get_account
@@ -232,12 +232,13 @@ class Node:
             s = self.store
             head = s.head
             cands = self.mempool.select(self.cfg.max_block_txs)
+            s.prefetch(touched_keys(cands))
             ts = max(head.timestamp, int(time.time()))
             block, result, rejected = build_block(s, s.accumulator, head, cands, self.params, self.address, ts,
                                                   a.round, header_at=s.header_at)
             for vtx, exc in rejected:
                 # a later nonce behind a rejected one waits for the gap to be filled; the rest is dropped
-                if not (exc.reason == BAD_NONCE and vtx.tx.nonce > self._nonce_of(vtx.tx.sender)):
+                if not (exc.reason == BAD_NONCE and vtx.nonce > self._nonce_of(vtx.sender)):
                     self.mempool.drop(vtx.hash, exc.reason)
             by_hash = {v.hash: v for v in cands}
             kept = tuple(by_hash[r.tx_hash] for r in result.receipts)
@@ -330,6 +331,7 @@ class Node:
         t0 = time.perf_counter()
         try:
             vs = [v for v in verified if v is not None]
+            s.prefetch(touched_keys(vs))
             result = execute_block(s, s.accumulator, block, s.head, self.params, header_at=s.header_at, verified=vs)
         except BlockInvalid as exc:
             self.count("block_invalid_" + exc.reason)
@@ -481,6 +483,8 @@ class Node:
         last_status = 0.0
         while True:
             await asyncio.sleep(0.01)
+            if self.gossip_buf and not self.net.peers:
+                self.gossip_buf = []    # a new peer gets the whole mempool on connect
             if self.gossip_buf:
                 buf, self.gossip_buf = self.gossip_buf, []
                 for i in range(0, len(buf), TX_GOSSIP_CHUNK):

@@ -39,8 +39,8 @@ from .crypto import keccak256
 ACCOUNT, ORDER, ESCROW, SETTLED, INTERVAL, CHECKPOINT, LAST_CHECKPOINT = b"A", b"O", b"E", b"S", b"I", b"C", b"K"
 FILLED, CANCELLED = b"\x01", b"\x02"
 
-_ACCOUNT = struct.Struct(">32sQ")
-_ESCROW = struct.Struct(">20s20s32sQQ32s")
+_ACCOUNT = ACCOUNT_RECORD = struct.Struct(">32sQ")
+_ESCROW = ESCROW_RECORD = struct.Struct(">20s20s32sQQ32s")
 _SETTLED = struct.Struct(">Q32s32s")
 _U64 = struct.Struct(">Q")
 

@@ -12,8 +12,10 @@ root disagree.
 
 from __future__ import annotations
 
+import logging
 import sqlite3
-from collections.abc import Callable, Iterator, Mapping
+import threading
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Protocol
 
@@ -24,6 +26,8 @@ from .errors import StorageError
 from .execute import BlockResult, Receipt
 from .genesis import Genesis
 from .state import ACC_BYTES, accumulate, state_root
+
+log = logging.getLogger(__name__)
 
 NOT_INITIALISED = "not_initialised"
 NOT_NEXT_BLOCK = "not_next_block"
@@ -127,14 +131,63 @@ SCHEMA = (
 )
 
 
+CACHE_MAX = 600_000        # state rows kept in memory (values and known-absent keys); cleared beyond
+PREFETCH_CHUNK = 500       # keys per SELECT ... IN (...)
+
+
+class _Checkpointer:
+    """WAL checkpoints on a connection of their own, in a thread, after commits.
+
+    A 10,000-fill block writes more than SQLite's automatic checkpoint threshold, so
+    without this every commit would also copy the WAL into the database and fsync it
+    on the caller's thread. A checkpoint is one ``sqlite3_step`` (the GIL is released
+    for all of it); PASSIVE never blocks the writer or readers. Durability does not
+    depend on it: a commit is durable once its WAL frames are fsync'd (``synchronous=FULL``).
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+        self.wake = threading.Event()
+        self.stopping = False
+        self.thread = threading.Thread(target=self._run, name="sqlite-checkpoint", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn = db.connect(self.path)
+        try:
+            while True:
+                self.wake.wait()
+                self.wake.clear()
+                if self.stopping:
+                    return
+                try:
+                    conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+                except sqlite3.Error as exc:  # e.g. busy: the next commit wakes us again
+                    log.warning("wal checkpoint: %s", exc)
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        self.stopping = True
+        self.wake.set()
+        self.thread.join(10)
+
+
 class SqliteStore:
-    """The durable store. ``fault`` is a test hook called between the writes of a commit."""
+    """The durable store. ``fault`` is a test hook called between the writes of a commit.
+
+    A read cache keeps the state rows seen (values and keys known to be absent, so a
+    fresh order nonce or escrow costs one lookup at most); ``prefetch`` fills it for a
+    whole block in a few ``IN (...)`` queries; ``commit_block`` updates it with the writes.
+    """
 
     def __init__(self, path: str | Path, genesis: Genesis, *, fault: Callable[[str], None] | None = None) -> None:
         self.conn: sqlite3.Connection = db.connect(path)
+        self.conn.execute("PRAGMA cache_size=-65536")      # KiB: the B-tree pages of the hot tables
         db.ensure_schema(self.conn, "chain", SCHEMA)
         self.fault = fault
         self._cache: dict[bytes, bytes | None] = {}
+        self._checkpointer: _Checkpointer | None = None
         meta = dict(self.conn.execute("SELECT key, value FROM chain_meta").fetchall())
         if "genesis" not in meta:
             self._init(genesis)
@@ -146,6 +199,8 @@ class SqliteStore:
         self._head = Header.decode(row[0])
         if state_root(self._acc) != self._head.state_root:
             raise StorageError(ROOT_MISMATCH, "stored accumulator does not match the head's state root")
+        self.conn.execute("PRAGMA wal_autocheckpoint=0")
+        self._checkpointer = _Checkpointer(path)
 
     def _init(self, genesis: Genesis) -> None:
         state = genesis.state().data
@@ -171,6 +226,21 @@ class SqliteStore:
             v = None if row is None else bytes(row[0])
             self._cache[key] = v
             return v
+
+    def prefetch(self, keys: Iterable[bytes]) -> None:
+        """Load the state rows of ``keys`` not cached yet (absent ones as known-absent)."""
+        cache = self._cache
+        todo = list({k for k in keys if k not in cache})
+        if len(cache) + len(todo) > CACHE_MAX:
+            cache.clear()
+        c = self.conn
+        for i in range(0, len(todo), PREFETCH_CHUNK):
+            part = todo[i:i + PREFETCH_CHUNK]
+            for k in part:
+                cache[k] = None
+            q = "SELECT key, value FROM chain_state WHERE key IN (" + ",".join("?" * len(part)) + ")"
+            for k, v in c.execute(q, part):
+                cache[bytes(k)] = bytes(v)
 
     @property
     def head(self) -> Header:
@@ -222,13 +292,19 @@ class SqliteStore:
             c.execute("ROLLBACK")
             self._cache.clear()
             raise
+        if len(self._cache) + len(writes) > CACHE_MAX:
+            self._cache.clear()
         self._cache.update(writes)
         self._acc = result.accumulator
         self._head = h
+        if self._checkpointer is not None:
+            self._checkpointer.wake.set()
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for k, v in self.conn.execute("SELECT key, value FROM chain_state ORDER BY key"):
             yield bytes(k), bytes(v)
 
     def close(self) -> None:
+        if self._checkpointer is not None:
+            self._checkpointer.close()
         self.conn.close()

@@ -115,17 +115,58 @@ class Tx:
         return keccak256(SIG_PREFIX + self.encode_body())
 
 
-@dataclass(frozen=True)
 class VerifiedTx:
-    """A decoded transaction whose signatures (and the chain id) have been checked."""
-    tx: Tx
-    raw: bytes
-    hash: bytes
-    order_hash: bytes | None = None  # fills: the order's EIP-712 digest = the fill id
+    """A transaction whose signatures (and the chain id) have been checked.
+
+    ``VerifiedTx.checked(raw, hash, order_hash)`` builds one from what a verifier
+    process returns (the checks ran there): the decoded ``tx`` is then produced on
+    first use only, so the node never decodes (or unpickles) a fill it executes on
+    the fast path; ``sender`` and ``nonce`` sit at fixed offsets of ``raw``.
+    Immutable by convention; compares by its signed bytes.
+    """
+
+    __slots__ = ("_tx", "raw", "hash", "order_hash")
+
+    def __init__(self, tx: Tx | None, raw: bytes, hash: bytes, order_hash: bytes | None = None) -> None:
+        self._tx = tx
+        self.raw = raw
+        self.hash = hash
+        self.order_hash = order_hash  # fills: the order's EIP-712 digest = the fill id
+
+    @classmethod
+    def checked(cls, raw: bytes, hash: bytes, order_hash: bytes | None) -> VerifiedTx:
+        return cls(None, raw, hash, order_hash)
+
+    @property
+    def tx(self) -> Tx:
+        t = self._tx
+        if t is None:
+            t = self._tx = decode_tx(self.raw)
+        return t
 
     @property
     def sender(self) -> bytes:
-        return self.tx.sender
+        return self.raw[9:29]
+
+    @property
+    def nonce(self) -> int:
+        return int.from_bytes(self.raw[29:37], "big")
+
+    @property
+    def type(self) -> int:
+        return self.raw[0]
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, VerifiedTx) and other.raw == self.raw and other.order_hash == self.order_hash
+
+    def __hash__(self) -> int:
+        return hash(self.hash)
+
+    def __repr__(self) -> str:
+        return f"VerifiedTx(0x{self.hash.hex()}, type={self.type}, nonce={self.nonce})"
+
+    def __reduce__(self) -> tuple[object, ...]:
+        return (VerifiedTx.checked, (self.raw, self.hash, self.order_hash))
 
 
 def _u256(v: int) -> bytes:
