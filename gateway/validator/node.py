@@ -45,6 +45,7 @@ from .state import get_account
 from .storage import SqliteStore
 from .tx import HEADER as TX_HEAD
 from .tx import MAX_TX_SIZE, VerifiedTx
+from .txlog import TxLog
 from .votes import (PROPOSAL, VOTE_SIZE, Certificate, ConsensusError, Signer, Vote, VoteLog, check_vote,
                     decode_certificate, decode_vote, verify_certificate)
 
@@ -62,6 +63,7 @@ CERT_SCHEMA = (
 )
 SYNC_BATCH = 16
 TX_GOSSIP_CHUNK = 4096
+INTAKE_LOG_COMPACT_BYTES = 32 * 1024 * 1024   # rewrite the intake log (pending txs only) beyond this
 
 
 @dataclass(frozen=True)
@@ -124,6 +126,8 @@ class Node:
         from gateway import db
         db.ensure_schema(self.store.conn, "chain_certs", CERT_SCHEMA)
         self.vote_log = VoteLog(cfg.data_dir / "votes.log")
+        self.txlog = TxLog(cfg.data_dir / "intake.log")
+        self._compacting = False
         self.signer = Signer(cfg.key, g.chain_id, self.vote_log)
         bt = cfg.block_time if cfg.block_time is not None else g.block_time_ms / 1000
         self.block_time = bt
@@ -142,7 +146,6 @@ class Node:
         self.inflight: set[bytes] = set()
         self.waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self.evidence: deque[tuple[Vote, Vote]] = deque(maxlen=100)
-        self.gossip_buf: list[bytes] = []
         self.sync_asked = 0.0
         self.progress = (0, 0, 0.0)                         # (height, round, when) for stall detection
         self.timers: list[asyncio.TimerHandle] = []
@@ -157,6 +160,10 @@ class Node:
 
     async def start(self) -> None:
         await self.net.start()
+        queued = self.txlog.load()
+        if queued:   # accepted before a restart and maybe not final yet: back into the mempool, relayed
+            res = await self.submit(queued, log_intake=False)
+            self.count("intake_log_reloaded", sum(1 for r in res if isinstance(r, bytes)))
         if self.cfg.rpc is not None:
             from .rpc import start_rpc
             self.rpc_runner, self.rpc_address = await start_rpc(self, *self.cfg.rpc)
@@ -177,6 +184,7 @@ class Node:
             await self.rpc_runner.cleanup()
         self.verifier.close()
         self.vote_log.close()
+        self.txlog.close()
         self.store.close()
 
     def count(self, what: str, n: int = 1) -> None:
@@ -283,6 +291,9 @@ class Node:
                     fut.set_result(None)
         if h.height % 256 == 0:
             self.vote_log.compact(h.height)
+        if self.txlog.size > INTAKE_LOG_COMPACT_BYTES and not self._compacting:
+            self._compacting = True
+            self.tasks.append(asyncio.create_task(self._compact_txlog()))
         self.head_changed.set()
         self.head_changed = asyncio.Event()
         # proposals for the new height that arrived early
@@ -479,16 +490,10 @@ class Node:
         return [v for d in self.machine.h.votes.values() for per in d.values() for v in per.values()]
 
     async def _ticker(self) -> None:
-        """Status to peers, tx gossip flushes, and re-gossip of the current height when it stalls."""
+        """Status to peers, and re-gossip of the current height when it stalls."""
         last_status = 0.0
         while True:
-            await asyncio.sleep(0.01)
-            if self.gossip_buf and not self.net.peers:
-                self.gossip_buf = []    # a new peer gets the whole mempool on connect
-            if self.gossip_buf:
-                buf, self.gossip_buf = self.gossip_buf, []
-                for i in range(0, len(buf), TX_GOSSIP_CHUNK):
-                    self.net.broadcast(p2p.TXS, encode_txs(buf[i:i + TX_GOSSIP_CHUNK]))
+            await asyncio.sleep(0.05)
             now = time.monotonic()
             if now - last_status < max(0.1, self.block_time / 2):
                 continue
@@ -508,8 +513,22 @@ class Node:
 
     # ---- intake ------------------------------------------------------------------------------
 
-    async def submit(self, raws: list[bytes], gossip: bool = True) -> list[bytes | str]:
-        """Raw txs in: each result is the tx hash (accepted now or known already) or a rejection reason."""
+    async def _compact_txlog(self) -> None:
+        try:
+            await self.txlog.compact([v.raw for v in self.mempool.pending.values()])
+            self.count("intake_log_compactions")
+        finally:
+            self._compacting = False
+
+    async def submit(self, raws: list[bytes], gossip: bool = True, log_intake: bool | None = None) -> list[bytes | str]:
+        """Raw txs in: each result is the tx hash (accepted now or known already) or a rejection reason.
+
+        From clients (``gossip``, the RPC path) the newly accepted txs are relayed to the peers and
+        appended to the intake log, and this returns only once they are fsync'd there: "accepted"
+        means durably queued at this node. Txs relayed by peers are not logged here (their
+        accepting node holds them)."""
+        if log_intake is None:
+            log_intake = gossip
         t0 = time.perf_counter()
         hashes = [keccak256(r) for r in raws]
         results: list[bytes | str] = [b""] * len(raws)
@@ -538,9 +557,14 @@ class Node:
             results[i] = err or v.hash
             if err is None:
                 fresh.append(v.raw)
-        if gossip and fresh:
-            self.gossip_buf.extend(fresh)
+        if gossip and fresh and self.net.peers:
+            # relayed now, before the answer: the frames reach the peers' sockets while the log's fsync
+            # runs, so a node killed right after answering has already passed the tx on
+            for i in range(0, len(fresh), TX_GOSSIP_CHUNK):
+                self.net.broadcast(p2p.TXS, encode_txs(fresh[i:i + TX_GOSSIP_CHUNK]))
         self._time("intake", t0)
+        if log_intake and fresh:
+            await self.txlog.append(fresh)
         return results
 
     def _maybe_final(self, raw: bytes, h: bytes) -> bool:

@@ -233,3 +233,52 @@ async def _proposer_and_two_down(net: Net) -> None:
     await loader
     await net.settle()
     await net.check_chains()
+
+
+def test_accepted_tx_survives_the_accepting_node_being_killed(tmp_path):
+    run_net(tmp_path, _accepted_then_killed)
+
+
+async def _final_on(net: Net, nodes: list[int], h: bytes, timeout: float) -> bool:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        sts = [await net.try_call(i, "chain_getTransactionStatus", "0x" + h.hex()) for i in nodes]
+        if all(st is not None and st["status"] == "final" for st in sts):
+            return True
+        await asyncio.sleep(0.1)
+    return False
+
+
+async def _accepted_then_killed(net: Net) -> None:
+    """No load generator and no resubmission: each tx is sent once, to one node, which is then killed."""
+    await net.progress([0, 1, 2, 3])
+    u = kit.USERS[0]
+    # 1. relay: a connected node accepts a tx and is killed at once (not restarted); the others finalise it
+    st = await net.call(0, "chain_status")
+    x = next(i for i in (1, 2, 3) if i != (st["consensusHeight"] + 1) % 4)    # not the next proposer
+    raw_a = kit.raw_tx(u, 0, kit.transfer(kit.USERS[1], 7))
+    ha = await net.call(x, "chain_sendRawTransaction", "0x" + raw_a.hex())
+    net.kill(x)
+    others = [i for i in range(4) if i != x]
+    assert await _final_on(net, others, bytes.fromhex(ha[2:]), 10), "relayed tx not final"
+    net.start(x)
+    await net.wait_up(x)
+    # 2. durability: a node cut off from every peer (nothing can be relayed) accepts a tx, is killed -9
+    # and restarted: the tx comes back from its intake log, is relayed and becomes final exactly once
+    y = others[0]
+    assert await net.call(y, "debug_setPartitioned", True) is True
+    raw_b = kit.raw_tx(u, 1, kit.transfer(kit.USERS[2], 9))
+    hb = await net.call(y, "chain_sendRawTransaction", "0x" + raw_b.hex())
+    net.kill(y)
+    await asyncio.sleep(1.0)
+    for i in (i for i in range(4) if i != y):
+        st = await net.call(i, "chain_getTransactionStatus", hb)
+        assert st["status"] == "unknown", st        # it really was only at the killed node
+    net.start(y)
+    await net.wait_up(y)
+    assert await _final_on(net, [0, 1, 2, 3], bytes.fromhex(hb[2:]), 15), "logged tx not final after restart"
+    net.accepted = {bytes.fromhex(ha[2:]): raw_a, bytes.fromhex(hb[2:]): raw_b}
+    await net.progress([0, 1, 2, 3])
+    await net.check_chains()
+    st = await net.call(y, "chain_status")
+    assert st["counters"].get("intake_log_reloaded", 0) >= 1
