@@ -1,0 +1,188 @@
+"""``metanoia settle``: settle closed intervals on the chain (``run``), one interval (``interval START``), ``status``.
+
+Fills come from the agents' ``trades`` table and from the chain's own blocks (scanned
+and indexed in the gateway database); households of chain-only fills from the trades
+table's addresses and ``--households`` (a JSON file ``{"household": "0xaddress"}``).
+The batch is signed with the complex authority's key (``--authority-key``, a 0600
+key file as ``metanoia validator init`` writes) and submitted through the chain
+client's outbox in the same database. See docs/settlement.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import signal
+import sys
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+DEFAULT_CONTRACT = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("settle", help="settle delivered energy on the chain, interval by interval")
+    ps = p.add_subparsers(dest="settle_command", metavar="ACTION", required=True)
+
+    def chain_args(q: argparse.ArgumentParser) -> None:
+        q.add_argument("--db", type=Path, required=True, help="the gateway database")
+        q.add_argument("--grid", required=True, help="grid (complex) name, as in the device registry")
+        q.add_argument("--rpc", required=True, help="validator JSON-RPC URL")
+        q.add_argument("--authority-key", type=Path, required=True, help="the complex authority's key file (0600)")
+        q.add_argument("--genesis", type=Path, help="genesis file (chain id, contract, interval length)")
+        q.add_argument("--contract", default=DEFAULT_CONTRACT, help="EIP-712 verifying contract (without --genesis)")
+        q.add_argument("--interval-seconds", type=int, default=None, help="default: the genesis's, else 900")
+        q.add_argument("--grace", type=int, default=120, help="seconds after an interval's end before settling")
+        q.add_argument("--households", type=Path, help='JSON {"household": "0xaddress"} for fills the trades '
+                                                       "table does not know")
+        q.add_argument("--wait-final", type=float, default=30.0, help="seconds to wait for a batch per pass")
+        q.add_argument("--json", action="store_true", help="one JSON object on the last line")
+
+    run = ps.add_parser("run", help="loop: settle every closed interval not yet settled")
+    chain_args(run)
+    run.add_argument("--every", type=float, default=5.0, help="seconds between passes")
+    run.add_argument("--once", action="store_true", help="one pass, then exit")
+    run.set_defaults(func=cmd_run)
+
+    one = ps.add_parser("interval", help="settle one interval (idempotent)")
+    one.add_argument("start", help="interval start: unix seconds or ISO 8601 (no offset = UTC)")
+    chain_args(one)
+    one.set_defaults(func=cmd_interval)
+
+    st = ps.add_parser("status", help="settled / open / failed intervals and their batches")
+    st.add_argument("--db", type=Path, required=True)
+    st.add_argument("--grid", required=True)
+    st.add_argument("--limit", type=int, default=20)
+    st.add_argument("--json", action="store_true")
+    st.set_defaults(func=cmd_status)
+
+
+def parse_start(text: str) -> int:
+    if text.lstrip("-").isdigit():
+        return int(text)
+    dt = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    return int(dt.timestamp())
+
+
+class _Setup:
+    """Everything a settling command needs, built from the arguments (async: reads the chain id)."""
+
+    async def open(self, args: argparse.Namespace) -> None:
+        from gateway.chain_client import BundledBackend, ClientConfig, Outbox, OutboxChainClient, StaticKeyring
+        from gateway.cli.peer import read_key_file
+        from gateway.db import open_gateway_db
+        from gateway.market.settlement import SettlementConfig, Settler
+        from gateway.market.settlement_fills import ChainFillIndex, MappingDirectory, TradesFillSource
+        from gateway.validator.crypto import address_of, parse_address, private_key
+        from gateway.validator.genesis import load_genesis
+
+        key = private_key(read_key_file(args.authority_key))
+        interval_s = args.interval_seconds
+        if args.genesis is not None:
+            g = load_genesis(args.genesis)
+            backend = BundledBackend.from_genesis(args.rpc, g)
+            interval_s = interval_s or g.interval_seconds
+            if g.complex_authority != address_of(key):
+                raise ValueError("--authority-key is not the genesis's complex authority")
+        else:
+            from gateway.chain_client.rpc import JsonRpcClient
+            probe = JsonRpcClient(args.rpc, timeout=10)
+            try:
+                chain_id = int((await probe.call("chain_status"))["chainId"])
+            finally:
+                await probe.aclose()
+            backend = BundledBackend(args.rpc, chain_id=chain_id, verifying_contract=parse_address(args.contract))
+        self.conn = open_gateway_db(args.db)
+        trades = TradesFillSource(self.conn, args.grid)
+        mapping: dict[bytes, str] = {}
+        for m, mh, t, th in self.conn.execute("SELECT maker, maker_household, taker, taker_household FROM trades"):
+            mapping[bytes(m)] = mh
+            mapping[bytes(t)] = th
+        if args.households is not None:
+            for h, a in json.loads(args.households.read_text()).items():
+                mapping[parse_address(a)] = h
+        directory = MappingDirectory(mapping)
+        index = ChainFillIndex(self.conn, backend.name, backend.domain, directory=directory)
+        self.client = OutboxChainClient(backend, Outbox(args.db, backend.name), StaticKeyring([key]),
+                                        config=ClientConfig())
+        self.settler = Settler(self.conn, self.client, address_of(key), [trades, index],
+                               SettlementConfig(args.grid, interval_s=interval_s or 900, grace_s=args.grace,
+                                                wait_final_s=args.wait_final), directory=directory)
+
+    async def close(self) -> None:
+        await self.client.aclose()
+        self.client.outbox.close()
+        self.conn.close()
+
+
+def _print(args: argparse.Namespace, doc: dict[str, Any], text: str) -> None:
+    print(text)
+    if args.json:
+        print(json.dumps(doc, separators=(",", ":")))
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        s = _Setup()
+        await s.open(args)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            s.client.start()
+            if args.once:
+                results = await s.settler.run_once()
+                doc = {"intervals": [r.to_json() for r in results], **s.settler.summary()}
+                _print(args, doc, "\n".join(f"{r.start} {r.state} fills={r.fills} paid={r.payment} "
+                                            f"refunded={r.refund}" for r in results) or "nothing to settle")
+            else:
+                await s.settler.run(stop, args.every)
+        finally:
+            await s.close()
+        return 0
+    return asyncio.run(go())
+
+
+def cmd_interval(args: argparse.Namespace) -> int:
+    async def go() -> int:
+        s = _Setup()
+        await s.open(args)
+        try:
+            s.client.start()
+            call = s.settler.client.backend
+            from gateway.market.settlement_fills import ChainFillIndex, rpc_of
+            rpc = rpc_of(call)
+            for src in s.settler.sources:
+                if isinstance(src, ChainFillIndex) and rpc is not None:
+                    await src.sync(rpc, max_blocks=10**9)
+            r = await s.settler.settle_interval(parse_start(args.start))
+        finally:
+            await s.close()
+        _print(args, r.to_json(), f"{r.start} {r.state} fills={r.fills} delivered={r.delivered_wh} Wh "
+                                  f"paid={r.payment} refunded={r.refund}" + (f" ({r.reason})" if r.reason else ""))
+        return 0 if r.state == "settled" else 1
+    try:
+        return asyncio.run(go())
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from gateway.db import open_gateway_db
+    from gateway.market.settlement import interval_rows
+    conn = open_gateway_db(args.db)
+    rows = interval_rows(conn, args.grid, args.limit)
+    counts = {s: n for s, n in conn.execute("SELECT state, COUNT(*) FROM settlement_intervals WHERE grid = ? "
+                                            "GROUP BY state", (args.grid,))}
+    lines = [f"{r['start']} {r['state']:8} fills={r['fills']} delivered={r['delivered_wh']} Wh paid={r['payment']} "
+             f"refunded={r['refund']} batches={len(r['batches'])}" + (f" late_roots={r['late_root_versions']}"
+                                                                    if r["late_root_versions"] else "")
+             for r in rows]
+    _print(args, {"grid": args.grid, "counts": counts, "intervals": rows}, "\n".join(lines) or "no settlements yet")
+    return 0
