@@ -486,6 +486,40 @@ class Wallet:
             raise SpendRefused(TAMPERED, "the stored homeowner order fails its MAC")
         return order, row[2]
 
+    def split_approval(self, order_id: str, parts: list[int]) -> list[ManualOrder]:
+        """Use an unused homeowner order up by turning it into single-use orders of ``parts`` Wh (sum <= its Wh),
+        with its household, kind, price, interval and expiry, in one transaction (a mechanism that splits the
+        homeowner's order among several counterparties signs one order or fill per part)."""
+        order, used_at = self.manual_order(order_id)
+        now = int(self.clock())
+        if used_at is not None:
+            raise SpendRefused(AUTHORISATION_USED, "the homeowner's order was already used")
+        if order.expires_at <= now:
+            raise SpendRefused("authorisation_expired", f"the homeowner's order expired at {order.expires_at}")
+        if order.kind == "transfer" or not parts or min(parts) <= 0 or sum(parts) > order.wh:
+            raise SpendRefused("authorisation_mismatch", f"parts {parts} do not fit the {order.wh} Wh authorised")
+        children = [ManualOrder(id=uuid.uuid4().hex, household=order.household, kind=order.kind,
+                                expires_at=order.expires_at, created_at=now, wh=wh, price_per_wh=order.price_per_wh,
+                                noia=None if order.noia is None else order.noia * wh // order.wh,
+                                interval_start=order.interval_start) for wh in parts]
+        conn = self._conn()
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            cur = conn.execute("UPDATE wallet_manual_orders SET used_at = ?, used_for = ? WHERE id = ? AND "
+                               "used_at IS NULL", (now, b"split", order_id))
+            if cur.rowcount != 1:
+                raise SpendRefused(AUTHORISATION_USED, "the homeowner's order was already used")
+            for c in children:
+                rec = asdict(c)
+                conn.execute("INSERT INTO wallet_manual_orders (id, household, record, mac) VALUES (?, ?, ?, ?)",
+                             (c.id, c.household, json.dumps(rec), self._mac(c.canonical())))
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("wallet: homeowner order %s split into %d", order_id, len(children))
+        return children
+
     # ---- the ledger ---------------------------------------------------------------------
 
     def _day(self, t: float) -> int:
@@ -730,3 +764,26 @@ class HouseholdSigner:
                                           ByPolicy(forecast_surplus_wh=self.forecast(order.interval_start)))
         except SpendRefused as exc:
             raise SignerRefused(exc.reason, exc.detail) from None
+
+
+class WalletKeyring:
+    """The chain client's ``Keyring`` over the wallet's household keys (by address).
+
+    The outbox signs a household's transaction with it (it picks the nonce, and
+    re-signs with a fresh one if it must), so the spend must be authorised and
+    recorded first: the agents call ``Wallet.sign_tx(..., ByPolicy())`` (or
+    ``ByHomeowner``) for every fill before submitting it."""
+
+    def __init__(self, wallet: Wallet) -> None:
+        self.wallet = wallet
+        self._by_address: dict[bytes, str] = {}
+
+    def key_for(self, address: bytes) -> PrivateKey:
+        household = self._by_address.get(address)
+        if household is None:
+            self._by_address = {self.wallet.address(h): h for h in self.wallet.households()}
+            household = self._by_address.get(address)
+        if household is None:
+            from gateway.chain_client.errors import NoKey
+            raise NoKey("no_key", f"no household key for {to_checksum(address)}")
+        return self.wallet._key(household).key
