@@ -180,9 +180,12 @@ def cmd_status(args: argparse.Namespace) -> int:
     rows = interval_rows(conn, args.grid, args.limit)
     counts = {s: n for s, n in conn.execute("SELECT state, COUNT(*) FROM settlement_intervals WHERE grid = ? "
                                             "GROUP BY state", (args.grid,))}
-    lines = [f"{r['start']} {r['state']:8} fills={r['fills']} delivered={r['delivered_wh']} Wh paid={r['payment']} "
-             f"refunded={r['refund']} batches={len(r['batches'])}" + (f" late_roots={r['late_root_versions']}"
-                                                                    if r["late_root_versions"] else "")
-             for r in rows]
+    lines = []
+    for r in rows:
+        batches: list[Any] = r["batches"]  # type: ignore[assignment]
+        late = r["late_root_versions"]
+        lines.append(f"{r['start']} {r['state']:8} fills={r['fills']} delivered={r['delivered_wh']} Wh "
+                     f"paid={r['payment']} refunded={r['refund']} batches={len(batches)}"
+                     + (f" late_roots={late}" if late else ""))
     _print(args, {"grid": args.grid, "counts": counts, "intervals": rows}, "\n".join(lines) or "no settlements yet")
     return 0

@@ -78,21 +78,31 @@ def delivered_exact(fills: Sequence[FillTerms], export_wh: Mapping[str, int],
         for m, idx in meters.items():
             rising = [i for i in idx if level[i] is None]
             if rising:
-                used = sum((level[i] * fills[i].ordered_wh for i in idx if level[i] is not None), Fraction(0))
+                used = _used(level, fills, idx)
                 best = min(best, (cap[m] - used) / sum(fills[i].ordered_wh for i in rising))
         best = max(best, Fraction(0))
         stop = set()
         for m, idx in meters.items():
             rising = [i for i in idx if level[i] is None]
             if rising:
-                used = sum((level[i] * fills[i].ordered_wh for i in idx if level[i] is not None), Fraction(0))
+                used = _used(level, fills, idx)
                 if cap[m] - used <= best * sum(fills[i].ordered_wh for i in rising):
                     stop.update(rising)
         if best == 1:
             stop.update(i for i, x in enumerate(level) if x is None)
         for i in stop:
             level[i] = best
-    return [x * f.ordered_wh for x, f in zip(level, fills)]  # type: ignore[operator]
+    return [(x or Fraction(0)) * f.ordered_wh for x, f in zip(level, fills)]
+
+
+def _used(level: Sequence[Fraction | None], fills: Sequence[FillTerms], idx: Iterable[int]) -> Fraction:
+    """Wh a meter's stopped fills hold."""
+    total = Fraction(0)
+    for i in idx:
+        x = level[i]
+        if x is not None:
+            total += x * fills[i].ordered_wh
+    return total
 
 
 def delivered_wh(fills: Sequence[FillTerms], export_wh: Mapping[str, int],
