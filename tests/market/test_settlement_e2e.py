@@ -234,6 +234,18 @@ def test_hand_computed_settlements_on_the_real_chain_conserve_money_and_energy_a
                 EvidenceStore(conn).update_stored([(late.device_id, 1)])
                 await st.run_once()
                 assert st.summary()["late_readings"] == 1 and st.result(S[0]).batches == results[S[0]].batches
+                # a fill that lands after its interval was settled: a further batch (part 1) from the metered
+                # energy the first left (h2 exported 1000, h3 imported 1000, 800 used: 200 left), citing the
+                # root the chain already holds for the interval (v1, not the late reading's v2)
+                async with client(tmp_path / "takers.db", url, g) as takers2:
+                    (late_fid,) = await make_fills(takers2, g, [(S[0], 2, 3, 30, 300, 3000)])
+                await index.sync(c.backend.rpc.call)
+                r0 = await st.settle_interval(S[0])
+                assert [b.key for b in r0.batches] == [f"settle:{GRID}:{S[0]}", f"settle:{GRID}:{S[0]}:1"]
+                assert r0.state == "settled" and r0.fills == 2 and r0.root_version == 1
+                e = await escrow(rpc, late_fid)
+                assert (e["status"], e["deliveredWh"], int(e["payment"]), int(e["refund"])) == ("settled", 200, 2000,
+                                                                                                1000)
             await rpc.aclose()
             takers.outbox.close()
             conn.close()
