@@ -287,7 +287,7 @@ class TakerAgent:
                 except ChainClientError as exc:
                     data = getattr(exc, "data", None)
                     avail = data.get("availableWh") if isinstance(data, dict) else None
-                    if isinstance(avail, int) and 0 < avail < ask.wh:   # over_commit: ask for what is left
+                    if isinstance(avail, int) and 0 < avail < wh:   # over_commit: ask for what is left
                         ask = Ask(self.config.grid, interval_start, self.address, avail)
                         continue
                     self._skip(str(getattr(exc, "reason", None) or "peer_error"))

@@ -34,6 +34,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+import builtins
 from typing import Any
 
 from gateway import db as gdb
@@ -185,25 +186,26 @@ class ManualOrders:
                                  (origin, origin, REJECTED)).fetchone()
         return bool(n)
 
-    def list(self, household: str | None = None) -> list[ManualOrderRow]:
-        q, args = f"SELECT {_COLS} FROM manual_orders", ()
+    def list(self, household: str | None = None) -> list[ManualOrderRow]:  # noqa: A003
+        q = f"SELECT {_COLS} FROM manual_orders"
+        args: tuple[str, ...] = ()
         if household is not None:
             q, args = q + " WHERE household = ?", (household,)
         return [self._refresh(_row(r)) for r in self.conn.execute(q + " ORDER BY seq", args)]
 
     # -- what the mechanisms see --
-    def firm_asks(self, interval_start: int) -> list[tuple[str, SignedOrder]]:
+    def firm_asks(self, interval_start: int) -> builtins.list[tuple[str, SignedOrder]]:
         """Signed rfq sells of the interval still open (for the taker agents)."""
         return [(o.id, o.signed_order) for o in self.list() if o.state == SIGNED and o.signed_order is not None
                 and o.interval_start == interval_start and o.grid == self.grid]
 
-    def book_orders(self, interval_start: int) -> list[BookOrder]:
+    def book_orders(self, interval_start: int) -> builtins.list[BookOrder]:
         """Open auction orders of the interval as book entries (origin ``manual:<id>``)."""
         return [BookOrder(f"manual:{o.id}", o.household, o.side, o.wh, o.price_per_wh, o.seq,  # type: ignore[arg-type]
                           f"manual:{o.id}") for o in self.list()
                 if o.state == OPEN and o.mechanism == "auction" and o.interval_start == interval_start]
 
-    async def execute_buy(self, order_id: str, taker: Any) -> list[Any]:
+    async def execute_buy(self, order_id: str, taker: Any) -> builtins.list[Any]:
         """An open rfq buy through the household's ``TakerAgent``: one fill within its Wh and price."""
         o = self.get(order_id)
         if o is None:

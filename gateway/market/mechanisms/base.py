@@ -105,7 +105,8 @@ class Clearing:
 
 
 class Mechanism(Protocol):
-    name: str
+    @property
+    def name(self) -> str: ...
 
     def clear(self, interval_start: int, bids: Sequence[BookOrder], asks: Sequence[BookOrder]) -> Clearing:
         """Match the interval's book; never a match below an ask's or above a bid's limit."""
