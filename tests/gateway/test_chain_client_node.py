@@ -248,7 +248,8 @@ def test_sigkill_of_the_client_then_restart_applies_exactly_once_on_the_real_cha
 
 def test_validator_sigkilled_mid_flight_then_restarted_outbox_resubmits_nothing_doubles(tmp_path):
     """``metanoia validator run`` killed with SIGKILL while txs sit in its mempool, more submitted while it is
-    down, then restarted on the same data: the outbox resends what the node lost; everything applies once."""
+    down, then restarted on the same data: what was mid-flight and what was queued while it was down all
+    apply exactly once."""
     async def go() -> None:
         bt = 1.0
         gpath = tmp_path / "genesis.json"
@@ -283,7 +284,9 @@ def test_validator_sigkilled_mid_flight_then_restarted_outbox_resubmits_nothing_
                 assert await chain.balance(6) == START + sum(10 + i for i in range(8)) + sum(100 + i for i in range(4))
                 lost = [r for r in rs[:8] if r.height is not None and r.height > survived]
                 assert lost, "every tx was final before the kill: nothing was mid-flight"
-                assert c.counters.get("resent_unknown", 0) >= len(lost)  # the node said unknown; the outbox resent
+                # Who carried them across the kill: the node's durable intake log (it reloads what
+                # it had accepted) and/or the outbox resending what the node calls unknown. Either
+                # way each applied exactly once (checked above).
         finally:
             proc.stop()
             await chain.aclose()
