@@ -41,6 +41,7 @@ class BlockContext:
 
 
 _RECEIPT = struct.Struct(">32sQIB20s32s")
+RECEIPT_SIZE = _RECEIPT.size      # 97: the tx hash comes first
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import struct
 import time
 from collections import deque
@@ -34,7 +35,7 @@ from coincurve import PrivateKey
 
 from . import p2p
 from .p2p import Limits
-from .block import Block, decode_block
+from .block import Block, Header, decode_block
 from .consensus import Action, Decide, Equivocation, Machine, ProposalIn, Propose, Schedule, SignVote, Timeouts
 from .crypto import address_of, keccak256
 from .errors import BAD_NONCE, BlockInvalid, ChainError, DecodeError
@@ -79,6 +80,39 @@ class NodeConfig:
     max_block_txs: int = 20_000
     debug_rpc: bool = False                # debug_* methods (fault injection for tests)
     limits: Limits = field(default_factory=lambda: Limits())
+
+
+class Tip:
+    """What the next block builds on: the durable store plus the decided blocks still being written
+    (oldest first). With nothing in flight it reads exactly the store."""
+
+    def __init__(self, store: SqliteStore, committing: deque[Candidate]) -> None:
+        self.store = store
+        self.committing = committing
+
+    def get(self, key: bytes) -> bytes | None:
+        for cand in reversed(self.committing):
+            w = cand.result.writes
+            if key in w:
+                return w[key]
+        return self.store.get(key)
+
+    @property
+    def head(self) -> Header:
+        return self.committing[-1].block.header if self.committing else self.store.head
+
+    @property
+    def accumulator(self) -> int:
+        return self.committing[-1].result.accumulator if self.committing else self.store.accumulator
+
+    def header_at(self, height: int) -> Header | None:
+        for cand in self.committing:
+            if cand.block.header.height == height:
+                return cand.block.header
+        return self.store.header_at(height)
+
+    def prefetch(self, keys: list[bytes]) -> None:
+        self.store.prefetch(keys)
 
 
 @dataclass(frozen=True)
@@ -127,6 +161,9 @@ class Node:
         db.ensure_schema(self.store.conn, "chain_certs", CERT_SCHEMA)
         self.vote_log = VoteLog(cfg.data_dir / "votes.log")
         self.txlog = TxLog(cfg.data_dir / "intake.log")
+        self.committing: deque[Candidate] = deque()        # decided, being written (store.stage), in order
+        self.tip = Tip(self.store, self.committing)
+        self.deferred_propose: Propose | None = None
         self._compacting = False
         self.signer = Signer(cfg.key, g.chain_id, self.vote_log)
         bt = cfg.block_time if cfg.block_time is not None else g.block_time_ms / 1000
@@ -179,6 +216,8 @@ class Node:
             t.cancel()
         for task in self.tasks:
             task.cancel()
+        while self.committing:          # let decided blocks reach the disk (SIGTERM: a clean stop)
+            await asyncio.sleep(0.01)
         await self.net.stop()
         if self.rpc_runner is not None:
             await self.rpc_runner.cleanup()
@@ -194,7 +233,7 @@ class Node:
         self.timing[what] = self.timing.get(what, 0.0) + time.perf_counter() - t0
 
     def _nonce_of(self, addr: bytes) -> int:
-        return get_account(self.store, addr).nonce
+        return get_account(self.tip, addr).nonce
 
     # ---- consensus actions -------------------------------------------------------------------
 
@@ -235,9 +274,16 @@ class Node:
             if cand is None:
                 self.count("repropose_missing_block")
                 return
-        else:
+        if self.committing:
+            # a proposal extends a durable head only: a lone authority that crashed while its parent was
+            # still being written would hold votes above a block it no longer has and nobody could resend
+            # (with peers, a follower's vote over the tip is fine: a restart fetches the parent from them)
+            self.deferred_propose = a
+            self.count("propose_waits_for_commit")
+            return
+        if a.block_hash is None:
             t0 = time.perf_counter()
-            s = self.store
+            s = self.tip
             head = s.head
             cands = self.mempool.select(self.cfg.max_block_txs)
             s.prefetch(touched_keys(cands))
@@ -270,25 +316,51 @@ class Node:
         self._commit(cand, d.certificate)
 
     def _commit(self, cand: Candidate, cert: Certificate) -> None:
-        """The certificate first (its own transaction), then the block: a stored block always has one."""
+        """Hand a decided block to the store's writer thread and move on to the next height.
+
+        The block, its certificate, receipts and state go to SQLite in one transaction
+        (synchronous=FULL) on the writer thread, while this loop keeps taking transactions and
+        validating the next proposal over ``self.tip``. Only when that transaction has committed
+        (``_committed``) does the block become the head that RPC reads, its txs "final" and their
+        waiters woken: nothing is reported final before it is on disk."""
         t0 = time.perf_counter()
         h = cand.block.header
-        c = self.store.conn
-        c.execute("INSERT OR REPLACE INTO chain_certs (height, hash, cert) VALUES (?, ?, ?)",
-                  (h.height, h.hash, cert.encode()))
-        self.store.commit_block(cand.block, cand.result)
-        self._time("commit", t0)
+        cert_row = ("INSERT OR REPLACE INTO chain_certs (height, hash, cert) VALUES (?, ?, ?)",
+                    (h.height, h.hash, cert.encode()))
+        fut = self.store.stage(cand.block, cand.result, [cert_row])
+        self.committing.append(cand)
+        started = time.perf_counter()
+        asyncio.wrap_future(fut).add_done_callback(lambda f: self._committed(cand, f, started))
         self.mempool.remove(cand.verified)
         self.blocks.clear()
         self.proposals = {k: v for k, v in self.proposals.items() if k[0] > h.height}
         self.seen_votes = {k for k in self.seen_votes if k[1][0] > h.height}
+        self._time("commit_stage", t0)
+        # proposals for the new height that arrived early
+        for key in [k for k in self.future_props if k[0] == h.height + 1]:
+            payload = self.future_props.pop(key)
+            self.tasks.append(asyncio.create_task(self._on_proposal(None, payload)))
+        self.future_props = {k: v for k, v in self.future_props.items() if k[0] > h.height}
+
+    def _committed(self, cand: Candidate, fut: asyncio.Future[None], started: float) -> None:
+        exc = fut.exception()
+        if exc is not None:
+            # the decided block could not be stored: this process cannot go on with a head it does
+            # not have; a restart resumes from the last durable block and fetches the rest from peers
+            log.critical("commit of block %d failed: %r; exiting", cand.block.header.height, exc)
+            os._exit(70)
+        h = cand.block.header
+        self.store.finish(cand.block, cand.result)
+        done = self.committing.popleft()
+        assert done is cand
+        self.timing["commit"] = self.timing.get("commit", 0.0) + time.perf_counter() - started
         self.block_times.append((h.height, time.time()))
         self.count("blocks_committed")
         self.count("txs_committed", len(cand.block.txs))
         for r in cand.result.receipts:
-            for fut in self.waiters.pop(r.tx_hash, ()):
-                if not fut.done():
-                    fut.set_result(None)
+            for w in self.waiters.pop(r.tx_hash, ()):
+                if not w.done():
+                    w.set_result(None)
         if h.height % 256 == 0:
             self.vote_log.compact(h.height)
         if self.txlog.size > INTAKE_LOG_COMPACT_BYTES and not self._compacting:
@@ -296,11 +368,11 @@ class Node:
             self.tasks.append(asyncio.create_task(self._compact_txlog()))
         self.head_changed.set()
         self.head_changed = asyncio.Event()
-        # proposals for the new height that arrived early
-        for key in [k for k in self.future_props if k[0] == h.height + 1]:
-            payload = self.future_props.pop(key)
-            self.tasks.append(asyncio.create_task(self._on_proposal(None, payload)))
-        self.future_props = {k: v for k, v in self.future_props.items() if k[0] > h.height}
+        a = self.deferred_propose
+        if a is not None and not self.committing:
+            self.deferred_propose = None
+            if (a.height, a.round) == (self.machine.height, self.machine.round):
+                self._do([a])
 
     # ---- validation ------------------------------------------------------------------------
 
@@ -332,7 +404,7 @@ class Node:
                     self.count("block_bad_tx_" + v.reason)
                     return None
                 verified[i] = v
-        s = self.store
+        s = self.tip
         hd = block.header
         if hd.parent_hash != s.head.hash:
             return None
@@ -365,7 +437,7 @@ class Node:
             elif mtype == p2p.STATUS:
                 height, _round = _STATUS.unpack(payload)
                 peer.height = height
-                if height > self.store.head.height:
+                if height > self.tip.head.height:
                     self._want_sync(peer)
             elif mtype == p2p.GET_BLOCKS:
                 start, n = _GET.unpack(payload)
@@ -442,7 +514,7 @@ class Node:
         if now - self.sync_asked < 1.0:
             return
         self.sync_asked = now
-        peer.send(p2p.GET_BLOCKS, _GET.pack(self.store.head.height + 1, SYNC_BATCH))
+        peer.send(p2p.GET_BLOCKS, _GET.pack(self.tip.head.height + 1, SYNC_BATCH))
 
     def _serve_blocks(self, peer: p2p.Peer, start: int, n: int) -> None:
         for h in range(start, min(start + n, self.store.head.height + 1)):
@@ -456,21 +528,21 @@ class Node:
         (cl,) = _U32.unpack_from(payload, 0)
         cert = decode_certificate(payload[4:4 + cl])
         block = decode_block(payload[4 + cl:])
-        if block.header.height != self.store.head.height + 1:
+        if block.header.height != self.tip.head.height + 1:
             return
         verify_certificate(cert, self.genesis.chain_id, self.authorities, block.header.height, block.hash)
         cand = await self._validate(block)
-        if cand is None or block.header.height != self.store.head.height + 1:
+        if cand is None or block.header.height != self.tip.head.height + 1:
             if cand is None:
                 self.count("sync_block_invalid")
             return
         self._commit(cand, cert)
         self.count("blocks_synced")
         self.sync_asked = 0.0
-        h = self.store.head.height + 1
+        h = self.tip.head.height + 1
         if self.machine.height < h:
             self._do(self.machine.start(h, time.monotonic(), own_votes=self.vote_log.at_height(h)))
-        if peer.height > self.store.head.height and block.header.height % SYNC_BATCH == 0:
+        if peer.height > self.tip.head.height and block.header.height % SYNC_BATCH == 0:
             self._want_sync(peer)
 
     # ---- gossip ------------------------------------------------------------------------------
@@ -574,7 +646,7 @@ class Node:
             _t, _c, sender, nonce = TX_HEAD.unpack_from(raw, 0)
             if nonce >= self._nonce_of(sender):
                 return False
-        return self.store.receipt(h) is not None
+        return self.store.receipt(h) is not None or any(h in c.hashes for c in self.committing)
 
     # ---- queries (rpc.py) ----------------------------------------------------------------------
 
@@ -582,7 +654,7 @@ class Node:
         r = self.store.receipt(h)
         if r is not None:
             return {"status": "final", "height": r.height, "reason": None}
-        for cand in self.blocks.values():
+        for cand in (*self.committing, *self.blocks.values()):
             if h in cand.hashes:
                 return {"status": "included", "height": cand.block.header.height, "reason": None}
         if h in self.mempool.pending or h in self.inflight:

@@ -15,7 +15,9 @@ from __future__ import annotations
 import logging
 import sqlite3
 import threading
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
 from pathlib import Path
 from typing import Protocol
 
@@ -23,7 +25,7 @@ from gateway import db
 
 from .block import Block, Header, decode_block
 from .errors import StorageError
-from .execute import BlockResult, Receipt
+from .execute import RECEIPT_SIZE, BlockResult, Receipt
 from .genesis import Genesis
 from .state import ACC_BYTES, accumulate, state_root
 
@@ -135,6 +137,45 @@ CACHE_MAX = 600_000        # state rows kept in memory (values and known-absent 
 PREFETCH_CHUNK = 500       # keys per SELECT ... IN (...)
 
 
+_SERIES = "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE n + 1 < :n) "
+_INSERT_STATE = _SERIES + ("INSERT OR REPLACE INTO chain_state (key, value) "
+                           "SELECT substr(:b, n * :w + 1, :kl), substr(:b, n * :w + :kl + 1, :vl) FROM i")
+_DELETE_STATE = "DELETE FROM chain_state WHERE key IN (" + _SERIES + "SELECT substr(:b, n * :kl + 1, :kl) FROM i)"
+_INSERT_RECEIPTS = _SERIES + ("INSERT INTO chain_receipts (tx_hash, height, receipt) "
+                              "SELECT substr(:b, n * :w + 1, 32), :h, substr(:b, n * :w + 1, :w) FROM i")
+
+
+def _statements(block: Block, result: BlockResult, extra: Sequence[tuple[str, tuple[Any, ...]]]
+                ) -> list[tuple[str | None, str, Any]]:
+    """A block's transaction as (fault-hook name, sql, params) steps. The state rows go in grouped by
+    key and value width, each group as one blob that a recursive CTE slices (one statement per group
+    instead of one step per row); receipts likewise (fixed 97 bytes, the tx hash first)."""
+    h = block.header
+    steps: list[tuple[str | None, str, Any]] = [(None, sql, params) for sql, params in extra]
+    groups: dict[tuple[int, int], list[bytes]] = {}
+    deletes: dict[int, list[bytes]] = {}
+    for k, v in result.writes.items():
+        if v is None:
+            deletes.setdefault(len(k), []).append(k)
+        else:
+            groups.setdefault((len(k), len(v)), []).append(k + v)
+    for (kl, vl), rows in groups.items():
+        steps.append((None, _INSERT_STATE, {"b": b"".join(rows), "n": len(rows), "w": kl + vl, "kl": kl, "vl": vl}))
+    steps.append(("state", "", None))
+    for kl, keys in deletes.items():
+        steps.append((None, _DELETE_STATE, {"b": b"".join(keys), "n": len(keys), "kl": kl}))
+    steps.append(("deletes", "", None))
+    steps.append(("block", "INSERT INTO chain_blocks (height, hash, header, block) VALUES (?, ?, ?, ?)",
+                  (h.height, h.hash, h.encode(), block.encode())))
+    if result.receipts:
+        steps.append((None, _INSERT_RECEIPTS, {"b": b"".join(r.encode() for r in result.receipts),
+                                               "n": len(result.receipts), "h": h.height, "w": RECEIPT_SIZE}))
+    steps.append(("receipts", "", None))
+    steps.append(("meta", "UPDATE chain_meta SET value = ? WHERE key = 'accumulator'",
+                  (result.accumulator.to_bytes(ACC_BYTES, "little"),)))
+    return steps
+
+
 class _Checkpointer:
     """WAL checkpoints on a connection of their own, in a thread, after commits.
 
@@ -201,6 +242,10 @@ class SqliteStore:
             raise StorageError(ROOT_MISMATCH, "stored accumulator does not match the head's state root")
         self.conn.execute("PRAGMA wal_autocheckpoint=0")
         self._checkpointer = _Checkpointer(path)
+        self._tip = self._head                       # the last staged block (== head when none is in flight)
+        self.path = path
+        self._wconn: sqlite3.Connection | None = None
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="chain-writer", initializer=self._open_writer)
 
     def _init(self, genesis: Genesis) -> None:
         state = genesis.state().data
@@ -266,45 +311,78 @@ class SqliteStore:
         if self.fault is not None:
             self.fault(where)
 
-    def commit_block(self, block: Block, result: BlockResult) -> None:
-        _check_next(self._head, block, result)
-        writes: Mapping[bytes, bytes | None] = result.writes
-        h = block.header
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            c.executemany("INSERT OR REPLACE INTO chain_state (key, value) VALUES (?, ?)",
-                          [(k, v) for k, v in writes.items() if v is not None])
-            self._hook("state")
-            c.executemany("DELETE FROM chain_state WHERE key = ?", [(k,) for k, v in writes.items() if v is None])
-            self._hook("deletes")
-            c.execute("INSERT INTO chain_blocks (height, hash, header, block) VALUES (?, ?, ?, ?)",
-                      (h.height, h.hash, h.encode(), block.encode()))
-            self._hook("block")
-            c.executemany("INSERT INTO chain_receipts (tx_hash, height, receipt) VALUES (?, ?, ?)",
-                          [(r.tx_hash, h.height, r.encode()) for r in result.receipts])
-            self._hook("receipts")
-            c.execute("UPDATE chain_meta SET value = ? WHERE key = 'accumulator'",
-                      (result.accumulator.to_bytes(ACC_BYTES, "little"),))
-            self._hook("meta")
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            self._cache.clear()
-            raise
+    def commit_block(self, block: Block, result: BlockResult, extra: Sequence[tuple[str, tuple[Any, ...]]] = ()
+                     ) -> None:
+        """Write the block durably and make it the head (``stage`` + wait + ``finish``).
+
+        ``extra``: statements run first in the same transaction (the node's commit certificate)."""
+        fut = self.stage(block, result, extra)
+        fut.result()
+        self.finish(block, result)
+
+    def stage(self, block: Block, result: BlockResult, extra: Sequence[tuple[str, tuple[Any, ...]]] = ()
+              ) -> Future[None]:
+        """Start writing the block on the writer thread; it must extend the last staged block.
+
+        The returned future completes when the SQLite transaction has committed (fsync'd); until
+        ``finish`` is called the head, the accumulator and the state read here stay those of the
+        last finished block, so nothing reads as final before it is on disk. Several blocks may be
+        staged; they are written in order."""
+        _check_next(self._tip, block, result)
+        self._tip = block.header
+        fut = self._writer.submit(self._write, _statements(block, result, extra))
+        fut.add_done_callback(self._write_done)
+        return fut
+
+    def finish(self, block: Block, result: BlockResult) -> None:
+        """The staged block's transaction committed: it is the head now (call in stage order)."""
+        if block.header.parent_hash != self._head.hash:
+            raise StorageError(NOT_NEXT_BLOCK, f"block {block.header.height} finished out of order")
+        writes = result.writes
         if len(self._cache) + len(writes) > CACHE_MAX:
             self._cache.clear()
         self._cache.update(writes)
         self._acc = result.accumulator
-        self._head = h
+        self._head = block.header
         if self._checkpointer is not None:
             self._checkpointer.wake.set()
+
+    def _write_done(self, fut: Future[None]) -> None:
+        if fut.exception() is not None:   # nothing staged after it can commit either: start again at the head
+            self._tip = self._head
+
+    def _open_writer(self) -> None:
+        self._wconn = db.connect(self.path)
+
+    def _write(self, steps: list[tuple[str | None, str, Any]]) -> None:
+        """One transaction, on the writer thread: a handful of statements over packed blobs, each
+        running in C with the GIL released throughout, so the event loop keeps running meanwhile."""
+        c = self._wconn
+        assert c is not None
+        c.execute("BEGIN IMMEDIATE")
+        try:
+            for hook, sql, params in steps:
+                if sql:
+                    c.execute(sql, params)
+                if hook:
+                    self._hook(hook)
+            c.execute("COMMIT")
+        except BaseException:
+            c.execute("ROLLBACK")
+            raise
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
         for k, v in self.conn.execute("SELECT key, value FROM chain_state ORDER BY key"):
             yield bytes(k), bytes(v)
 
     def close(self) -> None:
+        self._writer.submit(self._close_writer).result()
+        self._writer.shutdown(wait=True)
         if self._checkpointer is not None:
             self._checkpointer.close()
         self.conn.close()
+
+    def _close_writer(self) -> None:
+        if self._wconn is not None:
+            self._wconn.close()
+            self._wconn = None
