@@ -327,8 +327,12 @@ class Node:
         h = cand.block.header
         cert_row = ("INSERT OR REPLACE INTO chain_certs (height, hash, cert) VALUES (?, ?, ?)",
                     (h.height, h.hash, cert.encode()))
-        fut = self.store.stage(cand.block, cand.result, [cert_row])
         self.committing.append(cand)
+        try:
+            fut = self.store.stage(cand.block, cand.result, [cert_row])
+        except BaseException:
+            self.committing.pop()
+            raise
         started = time.perf_counter()
         asyncio.wrap_future(fut).add_done_callback(lambda f: self._committed(cand, f, started))
         self.mempool.remove(cand.verified)

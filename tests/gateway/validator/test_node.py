@@ -131,3 +131,39 @@ async def _counter_any(node, prefix) -> bool:
 
 async def _peered(net) -> bool:
     return bool(net.peers)
+
+
+def test_a_block_is_final_only_once_its_sqlite_transaction_committed(tmp_path):
+    """The writer thread is held inside the block's transaction: the tx is 'included', the head and the
+    receipt index do not move, and the intake keeps answering; released, the tx is final."""
+    import threading
+
+    async def main() -> None:
+        g = parse_genesis(genesis_doc(1, 0.1))
+        node = Node(node_configs(tmp_path, g, 1)[0])
+        await node.start()
+        gate = threading.Event()
+        def hold(at: str) -> None:   # on the writer thread; committing[0] is the block being written
+            if at == "meta" and node.committing and node.committing[0].block.txs:
+                gate.wait(10)
+        node.store.fault = hold
+        h0 = node.store.head.height
+        (h,) = await node.submit([kit.raw_tx(2, 0, kit.transfer(6, 5))])
+        assert await wait_until(lambda: _included(node, h), 5)
+        await asyncio.sleep(0.3)                     # several slots: the next proposal waits for the parent
+        assert node.tx_status(h)["status"] == "included"
+        assert node.store.head.height == h0 and node.store.receipt(h) is None
+        (h2,) = await node.submit([kit.raw_tx(2, 1, kit.transfer(6, 5))])    # intake goes on meanwhile
+        assert node.tx_status(h2)["status"] == "pending"
+        assert node.counters.get("propose_waits_for_commit", 0) >= 1
+        gate.set()
+        st = await node.wait_final(h, 5)
+        assert st["status"] == "final" and node.store.receipt(h) is not None
+        assert (await node.wait_final(h2, 5))["status"] == "final"
+        node.store.fault = None
+        await node.stop()
+    asyncio.run(main())
+
+
+async def _included(node, h) -> bool:
+    return node.tx_status(h)["status"] == "included" and bool(node.committing)
