@@ -331,6 +331,10 @@ class DemoMarket:
         self.progress()
         audit["settled_intervals"] = sum(1 for r in self.market.settled if r.fills)
         audit["refused"] = {}
+        audit["traded"] = [{"start": it.start, "fills": len(ok), "wh": sum(t.wh for t in ok),
+                            "noia": _noia(sum(t.noia for t in ok)),
+                            "won_kwh": sorted({round(_won_kwh(t.noia / t.wh), 2) for t in ok})}
+                           for it in self.driver.done if (ok := [t for t in it.trades if t.state != "rejected"])]
         for it in self.driver.done:
             for k, v in it.refused.items():
                 audit["refused"][k] = audit["refused"].get(k, 0) + v
@@ -362,7 +366,8 @@ def _merge_market(s: dict[str, Any], m: dict[str, Any], args: argparse.Namespace
               "conservation_ok": m["conservation_ok"],
               "conservation": {k: m[k] for k in ("money_ok", "energy_ok", "balances_ok", "exactly_once",
                                                  "unsettled_fills")},
-              "refused": m["refused"], "bill_basis": ("the run scaled to the month x%.2f" % float(scale))
+              "refused": m["refused"], "mechanism": args.mechanism, "validators": args.validators,
+              "traded_intervals": m["traded"], "bill_basis": ("the run scaled to the month x%.2f" % float(scale))
               if args_bill == "month" else "the run's metering as the month to date", "savings_won": {}})
     for name, h in s["per_household"].items():
         a = m["households"][h["household"]]

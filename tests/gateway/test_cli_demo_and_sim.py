@@ -42,15 +42,46 @@ def test_demo_json_summary_shows_every_signed_reading_stored_through_an_outage()
     for b in summary["balance"]:
         ivs = [iv for h in per.values() for iv in h["intervals"] if iv[0] == b["start"]]
         assert b["import_wh"] == sum(iv[1] for iv in ivs) and b["pv_wh"] == sum(iv[3] for iv in ivs)
+    # The market on the same morning: the household without PV bought from its neighbours on the chain,
+    # every fill was settled once from metered delivery, and money and energy balance (read from the chain).
+    assert summary["trades"] > 0 and summary["wh_traded"] >= summary["wh_delivered"] > 0
+    assert summary["settlements_final"] == summary["intervals_settled"] == summary["intervals_with_fills"] > 0
+    assert summary["conservation_ok"] is True and all(summary["conservation"][k] for k in
+                                                      ("money_ok", "energy_ok", "balances_ok", "exactly_once"))
+    assert summary["conservation"]["unsettled_fills"] == 0
+    assert abs(summary["noia_paid"] + summary["noia_refunded"] - summary["noia_escrowed"]) < 1e-5
+    assert per["102-B"]["bought_wh"] > 0 and per["102-B"]["sold_wh"] == 0
+    assert sum(h["sold_wh"] for h in per.values()) == sum(h["bought_wh"] for h in per.values()) == \
+        summary["wh_delivered"]
+    assert all(h["bought_wh"] <= h["import_wh"] and h["sold_wh"] <= h["export_wh"] for h in per.values())
+    # The buyer pays less than its KEPCO bill would charge for the same kWh (it was buying at tier 2)
+    assert set(summary["savings_won"]) == set(per) and summary["savings_won"]["102-B"] > 0
+    assert per["102-B"]["bill_with_p2p_won"] < per["102-B"]["bill_without_p2p_won"]
 
 
 def test_demo_runs_on_the_embedded_broker_when_asked():
     proc = metanoia("demo", "--json", "--households", "2", "--hours", "1", "--interval", "900",
-                    "--broker", "embedded")
+                    "--broker", "embedded", "--no-market")
     assert proc.returncode == 0, proc.stderr[-2000:]
     summary = json.loads(proc.stdout.strip().splitlines()[-1])
     assert summary["broker"] == "amqtt"
     assert summary["readings_stored"] == summary["readings_produced"] == 2 * 4
+    assert "trades" not in summary          # metering only
+
+
+def test_demo_call_auction_on_four_validators_trades_and_settles_once():
+    proc = metanoia("demo", "--json", "--households", "4", "--hours", "5", "--interval", "900",
+                    "--start", "2026-06-21T08:00:00+09:00", "--mechanism", "auction", "--validators", "4",
+                    "--no-outage")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    s = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert s["trades"] > 0 and s["conservation_ok"] is True
+    assert s["settlements_final"] == s["intervals_with_fills"] > 0
+    assert s["mechanism"] == "auction" and s["validators"] == 4
+    # pay-as-clear: every fill of an interval pays the interval's one clearing price (to the rounding of
+    # noia = wh x price), between the sellers' floor (120 won/kWh, net metering) and the buyers' cap (300)
+    for it in s["traded_intervals"]:
+        assert max(it["won_kwh"]) - min(it["won_kwh"]) <= 0.01 and 120 <= min(it["won_kwh"]) <= 300
 
 
 def test_device_sim_writes_identity_and_valid_signed_readings(tmp_path: Path):
