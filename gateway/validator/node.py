@@ -269,11 +269,10 @@ class Node:
         self._do(self.machine.on_vote(v, time.monotonic()))
 
     def _propose(self, a: Propose) -> None:
-        if a.block_hash is not None:
-            cand = self.blocks.get(a.block_hash)
-            if cand is None:
-                self.count("repropose_missing_block")
-                return
+        held = self.blocks.get(a.block_hash) if a.block_hash is not None else None
+        if a.block_hash is not None and held is None:
+            self.count("repropose_missing_block")
+            return
         if self.committing:
             # a proposal extends a durable head only: a lone authority that crashed while its parent was
             # still being written would hold votes above a block it no longer has and nobody could resend
@@ -281,7 +280,9 @@ class Node:
             self.deferred_propose = a
             self.count("propose_waits_for_commit")
             return
-        if a.block_hash is None:
+        if held is not None:
+            cand = held
+        else:
             t0 = time.perf_counter()
             s = self.tip
             head = s.head
