@@ -103,7 +103,7 @@ def run(args: argparse.Namespace) -> int:
     market_summary: dict[str, Any] | None = None
     market: DemoMarket | None = None
     try:
-        with VirtualRig(specs, clock=clock) as rig:
+        with VirtualRig([*specs], clock=clock) as rig:
             devices = [build_device(s.household.name, rig.endpoints[s.household.name], work / s.household.name,
                                     clock, grid="demo", mqtt=(broker.host, broker.port), interval_s=args.interval)
                        for s in specs]
@@ -156,7 +156,7 @@ def run(args: argparse.Namespace) -> int:
             for d in devices:
                 d.device.mqtt.disconnect()
             conn = connect(db_path)
-            summary = _summary(conn, devices, n, steps, produced, elapsed, use_mosquitto, bool(outage), db_path)
+            summary = _summary(conn, devices, n, steps, produced, elapsed, bool(use_mosquitto), bool(outage), db_path)
             conn.close()
     finally:
         if market is not None:

@@ -101,11 +101,11 @@ class Killer(threading.Thread):
         self.proc, self.db, self.mid, self.random_at = proc, db, mid, random_at
         self.stop = threading.Event()
         self.seen_planned = 0
+        self.done_random = threading.Event()
 
     def run(self) -> None:
         conn = connect(self.db, readonly=True)
         t0 = time.monotonic()
-        done_random = False
         while not self.stop.is_set():
             if self.mid > 0:
                 try:
@@ -118,10 +118,10 @@ class Killer(threading.Thread):
                     self.seen_planned += 1
                     self.mid -= 1
                     self.proc.start()
-            if not done_random and time.monotonic() - t0 > self.random_at:
+            if not self.done_random.is_set() and time.monotonic() - t0 > self.random_at:
                 self.proc.kill9("random moment")
-                done_random = True
                 self.proc.start()
+                self.done_random.set()
             time.sleep(0.005)
         conn.close()
 
@@ -178,7 +178,7 @@ def test_a_day_of_trading_conserves_money_and_energy_and_settles_every_interval_
             driver.start()
             settle = SettleProcess(tmp_path, db, market.chain.urls[-1], market.settle_files(tmp_path / "settle"))
             settle.start()
-            killer = Killer(settle, db, mid=2, random_at=rnd.uniform(10, 40))
+            killer = Killer(settle, db, mid=2, random_at=rnd.uniform(5, 25))
             killer.start()
             t_day = time.monotonic()
             seqs = dict.fromkeys((sd.device_id for sd, _ in signers), 0)
@@ -201,6 +201,8 @@ def test_a_day_of_trading_conserves_money_and_energy_and_settles_every_interval_
                 assert wait_for(lambda: all(d.device.acked >= d.device.ring.next_seq - 1 for d in devices),
                                 devices, timeout=20)
             t_day = time.monotonic() - t_day
+            killer.random_at = 0          # a short day: the random kill happens now at the latest
+            assert killer.done_random.wait(30)
             # every reading stored, once
             deadline = time.monotonic() + 30
             while conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] < produced:
