@@ -10,9 +10,8 @@ authority's chain client on the gateway database.
 the agents and the settler all read the simulated time. So must the chain: a fill is
 valid only before its order expires (at the latest the interval's start) and a
 settlement only after the interval's end, in *block* time. The validator stamps blocks
-with ``time.time()``; ``install_chain_clock`` points the node module's clock at the
-simulated one (in-process nodes), and ``python -m hil.market_rig validator CLOCK_FILE
--- ARGS`` runs ``metanoia validator run ARGS`` the same way in its own process, reading
+with its ``NodeConfig.clock``: in-process nodes get the simulated clock directly, and
+validator processes run ``metanoia validator run --clock-file CLOCK_FILE``, reading
 the time the driver writes into ``CLOCK_FILE`` (``ClockFile``: 8 bytes, mmap).
 
 **History.** The forecaster needs weeks of past intervals; a demo day has none. The
@@ -104,25 +103,6 @@ class SharedClock:
     def set(self, t: float) -> None:
         self.t = max(self.t, float(t))
         self.file.set(self.t)
-
-
-class _ChainTime:
-    """The ``time`` module as the validator node sees it: ``time()`` is the simulated clock."""
-
-    def __init__(self, now: Callable[[], float]) -> None:
-        self._now = now
-
-    def time(self) -> float:
-        return self._now()
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(_time, name)
-
-
-def install_chain_clock(now: Callable[[], float]) -> None:
-    """Stamp this process's validator blocks (and check peers' stamps) with ``now()``."""
-    import gateway.validator.node as node_module
-    node_module.time = _ChainTime(now)  # type: ignore[assignment]
 
 
 class LoopThread:
@@ -236,11 +216,10 @@ class Chain:
         p2p = [("127.0.0.1", ports[i]) for i in range(self.n)]
         self.urls = [f"http://127.0.0.1:{ports[self.n + i]}/" for i in range(self.n)]
         if not self.processes:
-            install_chain_clock(self.now)
             for i, key in enumerate(self.keys):
                 cfg = NodeConfig(genesis=self.genesis, key=key, data_dir=self.work / f"node{i}", p2p=p2p[i],
                                  peers=tuple(p for j, p in enumerate(p2p) if j != i),
-                                 rpc=("127.0.0.1", ports[self.n + i]))
+                                 rpc=("127.0.0.1", ports[self.n + i]), clock=self.now)
                 node = Node(cfg)
                 await node.start()
                 self.nodes.append(node)
@@ -251,7 +230,7 @@ class Chain:
                 kpath = self.work / f"authority-{i}.key"
                 write_key(kpath, key.secret)
                 log = open(self.work / f"node{i}.log", "ab")
-                args = [sys.executable, "-m", "hil.market_rig", "validator", str(self.clock_file), "--",
+                args = [sys.executable, "-m", "gateway.cli", "validator", "run", "--clock-file", str(self.clock_file),
                         "--genesis", str(gpath), "--key", str(kpath), "--data", str(self.work / f"node{i}"),
                         "--p2p", f"127.0.0.1:{p2p[i][1]}", "--rpc", f"127.0.0.1:{ports[self.n + i]}",
                         "--peers", ",".join(f"127.0.0.1:{p}" for j, (_, p) in enumerate(p2p) if j != i),
@@ -584,21 +563,6 @@ async def audit(url: str, conn: Any, grid: str, address: dict[str, bytes], fund:
                 "households": hh}
     finally:
         await rpc.aclose()
-
-
-# ---- validator processes on the simulated clock ----
-
-def _validator_main(argv: list[str]) -> int:
-    clock = ClockFile(Path(argv[0]))
-    install_chain_clock(clock.now)
-    from gateway.cli import main
-    return main(["validator", "run", *argv[argv.index("--") + 1:]])
-
-
-if __name__ == "__main__":
-    if sys.argv[1:2] == ["validator"]:
-        sys.exit(_validator_main(sys.argv[2:]))
-    sys.exit("usage: python -m hil.market_rig validator CLOCK_FILE -- VALIDATOR_RUN_ARGS")
 
 
 class DayDriver:

@@ -6,10 +6,13 @@ import argparse
 import asyncio
 import json
 import logging
+import mmap
 import os
 import signal
+import struct
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_CONTRACT = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
@@ -42,6 +45,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     run.add_argument("--block-time", type=float, default=None, help="override the genesis block time (s)")
     run.add_argument("--max-block-txs", type=int, default=20_000)
     run.add_argument("--debug-rpc", action="store_true", help="enable debug_* methods (fault-injection tests)")
+    run.add_argument("--clock-file", type=Path, default=None,
+                     help="simulation only: stamp blocks with the unix time in this file (8 bytes, little-endian "
+                          "double, written by a driver running an accelerated clock)")
     run.set_defaults(func=cmd_run)
 
 
@@ -109,6 +115,13 @@ def cmd_init(args: argparse.Namespace) -> int:
     return 0
 
 
+def file_clock(path: Path) -> Callable[[], float]:
+    """A clock read from an 8-byte file (little-endian double) that a simulation driver keeps current."""
+    f = open(path, "rb")
+    mm = mmap.mmap(f.fileno(), 8, access=mmap.ACCESS_READ)
+    return lambda: float(struct.unpack_from("<d", mm)[0])
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from gateway.validator.crypto import private_key
     from gateway.validator.genesis import load_genesis
@@ -127,8 +140,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         logging.getLogger("gateway.validator").setLevel(logging.INFO)
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     workers = args.workers if args.workers is not None else (os.cpu_count() or 1)
+    extra = {"clock": file_clock(args.clock_file)} if args.clock_file else {}
     cfg = NodeConfig(genesis=g, key=key, data_dir=args.data, p2p=p2p_addr, peers=peers, rpc=rpc, workers=workers,
-                     block_time=args.block_time, max_block_txs=args.max_block_txs, debug_rpc=args.debug_rpc)
+                     block_time=args.block_time, max_block_txs=args.max_block_txs, debug_rpc=args.debug_rpc, **extra)
 
     async def main() -> None:
         node = Node(cfg)

@@ -26,6 +26,7 @@ import logging
 import os
 import struct
 import time
+from collections.abc import Callable
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,6 +80,7 @@ class NodeConfig:
     block_time: float | None = None        # default: the genesis's block_time_ms
     max_block_txs: int = 20_000
     debug_rpc: bool = False                # debug_* methods (fault injection for tests)
+    clock: Callable[[], float] = time.time  # block time stamps and the future check (simulations: a sim clock)
     limits: Limits = field(default_factory=lambda: Limits())
 
 
@@ -288,7 +290,7 @@ class Node:
             head = s.head
             cands = self.mempool.select(self.cfg.max_block_txs)
             s.prefetch(touched_keys(cands))
-            ts = max(head.timestamp, int(time.time()))
+            ts = max(head.timestamp, int(self.cfg.clock()))
             block, result, rejected = build_block(s, s.accumulator, head, cands, self.params, self.address, ts,
                                                   a.round, header_at=s.header_at)
             for vtx, exc in rejected:
@@ -413,7 +415,7 @@ class Node:
         hd = block.header
         if hd.parent_hash != s.head.hash:
             return None
-        if hd.timestamp > time.time() + 2 * self.block_time + 5:
+        if hd.timestamp > self.cfg.clock() + 2 * self.block_time + 5:
             self.count("block_from_future")
             return None
         t0 = time.perf_counter()
