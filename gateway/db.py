@@ -15,7 +15,8 @@ declared here, once.
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 # Raw signed readings are the evidence; the decoded columns are an index over them.
@@ -71,6 +72,20 @@ def ensure_schema(conn: sqlite3.Connection, part: str, statements: Iterable[str]
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
+        raise
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` (writers serialise up front, no upgrade deadlock) ... ``COMMIT``;
+    ``ROLLBACK`` on any exception, which propagates."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:
+            conn.execute("ROLLBACK")
         raise
 
 

@@ -35,8 +35,8 @@ from __future__ import annotations
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -147,16 +147,8 @@ class Outbox:
     def close(self) -> None:
         self.conn.close()
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        c = self.conn
-        c.execute("BEGIN IMMEDIATE")
-        try:
-            yield c
-            c.execute("COMMIT")
-        except BaseException:
-            c.execute("ROLLBACK")
-            raise
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return db.transaction(self.conn)
 
     def _get(self, c: sqlite3.Connection, key: str) -> OutboxRow | None:
         t = c.execute(f"SELECT {_COLS} FROM chain_outbox WHERE chain = ? AND key = ?", (self.chain, key)).fetchone()

@@ -27,14 +27,14 @@ import logging
 import re
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from datetime import date, datetime, timedelta, timezone
 from typing import Any
 
 from gateway.aggregator.intervals import INTERVAL_S, IntervalEngine, registry_columns
-from gateway.db import ensure_schema
+from gateway.db import ensure_schema, transaction
 from gateway.evidence.roots import EvidenceStore
 from gateway.market.forecast import Forecaster
 
@@ -294,15 +294,8 @@ class Aggregator:
         self.clock = clock
         ensure_schema(conn, "aggregation", SCHEMA)
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.conn)
 
     def _event(self, rid: str, actor: str, action: str, detail: Mapping[str, Any]) -> None:
         self.conn.execute("INSERT INTO agg_events (resource_id, at, actor, action, detail) VALUES (?, ?, ?, ?, ?)",

@@ -37,13 +37,13 @@ import re
 import sqlite3
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any
 
 from gateway.aggregator.intervals import INTERVAL_S, IntervalEngine, registry_columns
-from gateway.db import ensure_schema
+from gateway.db import ensure_schema, transaction
 from gateway.evidence.roots import EvidenceStore, iso
 
 log = logging.getLogger(__name__)
@@ -331,15 +331,8 @@ class RecRegistry:
     def _now(self) -> int:
         return int(self.clock())
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.conn)
 
     # ---- issuance ----
 

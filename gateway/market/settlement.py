@@ -35,14 +35,14 @@ import json
 import logging
 import sqlite3
 import time
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 
 from gateway.aggregator.intervals import IntervalEngine
 from gateway.chain_client import FinalityTimeout, Intent, OutboxChainClient, Receipt
 from gateway.chain_client.intents import intent_from_json, intent_to_json
-from gateway.db import ensure_schema
+from gateway.db import ensure_schema, transaction
 from gateway.evidence.roots import EvidenceStore
 from gateway.validator.order import grid_id
 from gateway.validator.tx import MAX_SETTLE_ENTRIES, Settlement, SettleBatch
@@ -207,15 +207,8 @@ class Settler:
 
     # ---- helpers ----
 
-    @contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield self.conn
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
+    def _tx(self) -> AbstractContextManager[sqlite3.Connection]:
+        return transaction(self.conn)
 
     def _fault(self, point: str) -> None:
         if self.fault is not None:
