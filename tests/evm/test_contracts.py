@@ -327,3 +327,104 @@ def make_env_on_chain(node: Anvil, artefacts: dict[str, Any], deployer: PrivateK
     e = make_env(node, artefacts, deployer)
     e.domain = Domain(chain_id, bytes.fromhex(e.exchange.address[2:]))
     return e
+
+
+# ---------------------------------------------------------------- settle
+
+
+def test_settle_pays_maker_and_refunds_taker(env: Env) -> None:
+    o1, f1 = env.filled(nonce=1, noia=3 * 10**18)
+    o2, f2 = env.filled(nonce=2, noia=5 * 10**18)
+    m0, t0 = env.bal(env.maker), env.bal(env.taker)
+    entries = sorted([(f1, 1000, 2 * 10**18, 10**18), (f2, o2.wh, o2.noia, 0)])
+    rcpt = env.ok(env.settle_fn(entries, o1.interval_start), env.authority)
+    assert env.bal(env.maker) == m0 + 2 * 10**18 + o2.noia
+    assert env.bal(env.taker) == t0 + 10**18
+    assert env.bal(env.exchange.address) == 0  # payment + refund == escrow, nothing left behind
+    settled = env.exchange.events.Settled().process_receipt(rcpt, errors=DISCARD)
+    assert sorted((bytes(e["args"]["fillId"]), e["args"]["deliveredWh"]) for e in settled) == sorted(
+        [(f1, 1000), (f2, o2.wh)])
+    f = env.exchange.functions.fills(f1).call()
+    assert (f[4], f[5], f[7], f[8], f[9]) == (2, 0, 1000, 2 * 10**18, 10**18)
+    assert bytes(env.exchange.functions.evidenceRoot(GRID, o1.interval_start).call()) == b"\x11" * 32
+    # each fill settles once, also inside a later batch with the same evidence root
+    env.reject(env.settle_fn([(f1, 0, 0, o1.noia)], o1.interval_start), env.authority, "fill_already_settled")
+
+
+def test_unauthorised_settlement_rejected(env: Env) -> None:
+    o, f = env.filled()
+    for who in (env.maker, env.taker, env.deployer):
+        env.reject(env.settle_fn([(f, 0, 0, o.noia)], o.interval_start), who, "not_authority")
+    env.ok(env.settle_fn([(f, 0, 0, o.noia)], o.interval_start), env.authority)
+
+
+def test_settle_entry_checks(env: Env) -> None:
+    o, f = env.filled(nonce=1)
+    start = o.interval_start
+    bad = [
+        ([(f, o.wh + 1, o.noia, 0)], start, GRID, "delivered_exceeds_order"),
+        ([(f, o.wh, o.noia - 1, 0)], start, GRID, "settle_amount_mismatch"),
+        ([(f, o.wh, o.noia, 1)], start, GRID, "settle_amount_mismatch"),
+        ([(f, o.wh, o.noia, 0)], start - INTERVAL, GRID, "interval_mismatch"),
+        ([(f, o.wh, o.noia, 0)], start, grid_id("other"), "grid_mismatch"),
+        ([(b"\x42" * 32, 0, 0, 0)], start, GRID, "unknown_fill"),
+        ([], start, GRID, "bad_field"),
+        ([(f, 0, 0, o.noia), (f, 0, 0, o.noia)], start, GRID, "non_canonical"),
+    ]
+    for entries, s, grid, reason in bad:
+        env.reject(env.settle_fn(entries, s, grid), env.authority, reason)
+    # an interval still open, with a fill in it
+    now = env.now()
+    o2, f2 = env.filled(nonce=2, interval_start=now - now % INTERVAL)
+    env.reject(env.settle_fn([(f2, 0, 0, o2.noia)], o2.interval_start), env.authority, "interval_not_over")
+    # one bad entry rejects the whole batch: the good one stays escrowed
+    o3, f3 = env.filled(nonce=3)
+    batch = sorted([(f, o.wh, o.noia, 0), (f3, o3.wh + 1, o3.noia, 0)])
+    env.reject(env.settle_fn(batch, start), env.authority, "delivered_exceeds_order")
+    assert env.exchange.functions.fills(f).call()[4] == 1
+    # the interval's evidence root is fixed by its first batch
+    env.ok(env.settle_fn([(f, o.wh, o.noia, 0)], start, root=b"\x01" * 32), env.authority)
+    env.reject(env.settle_fn([(f3, 0, 0, o3.noia)], start, root=b"\x02" * 32), env.authority,
+               "evidence_root_conflict")
+    env.ok(env.settle_fn([(f3, 0, 0, o3.noia)], start, root=b"\x01" * 32), env.authority)
+
+
+def test_arithmetic_limits(env: Env) -> None:
+    o, f = env.filled(nonce=1)
+    start = o.interval_start
+    # payment + refund wraps to the escrow modulo 2**256: rejected, not a panic, not a payout
+    wrap = (U256_MAX, o.noia + 1)
+    assert (wrap[0] + wrap[1]) % (1 << 256) == o.noia
+    env.reject(env.settle_fn([(f, 0, *wrap)], start), env.authority, "settle_amount_mismatch")
+    env.reject(env.settle_fn([(f, 0, wrap[1], wrap[0])], start), env.authority, "settle_amount_mismatch")
+    env.reject(env.settle_fn([(f, 0, U256_MAX, U256_MAX)], start), env.authority, "settle_amount_mismatch")
+    env.reject(env.settle_fn([(f, U64_MAX, o.noia, 0)], start), env.authority, "delivered_exceeds_order")
+    # start + interval computed without overflow: the last uint64 interval is just not over
+    env.reject(env.settle_fn([(f, 0, 0, o.noia)], U64_MAX), env.authority, "interval_not_over")
+    # the largest order: its escrow would exceed any balance
+    huge = sign_order(env.order(nonce=2, noia=U256_MAX, wh=U64_MAX), env.domain, env.maker)
+    env.reject(env.fill_fn(huge), env.taker, "insufficient_balance")
+    # a uint64 field above 2**64 - 1 in raw calldata: the ABI decoder reverts before any rule
+    calldata = bytearray(bytes.fromhex(env.fill_fn(sign_order(env.order(nonce=3), env.domain, env.maker))
+                                       ._encode_transaction_data()[2:]))
+    word = 4 + 32 * 4  # selector, then nonce, expiry, maker, taker, wh: wh is word 4
+    assert int.from_bytes(calldata[word:word + 32], "big") == 1500
+    calldata[word:word + 32] = (1 << 64).to_bytes(32, "big")
+    tx = {"from": cs(env.taker), "to": env.exchange.address, "data": "0x" + calldata.hex(), "gas": GAS}
+    with pytest.raises(Exception):
+        env.w3.eth.call(tx)
+    before = env.snapshot()
+    rcpt = env.w3.eth.wait_for_transaction_receipt(env.w3.eth.send_transaction(tx))
+    assert rcpt["status"] == 0 and env.snapshot() == before
+    env.ok(env.settle_fn([(f, o.wh, o.noia, 0)], start), env.authority)
+
+
+def test_money_is_conserved(env: Env) -> None:
+    holders = [cs(env.deployer), cs(env.maker), cs(env.taker), cs(env.authority), env.exchange.address]
+    total = lambda: sum(env.bal(h) for h in holders)  # noqa: E731
+    assert total() == SUPPLY
+    o, f = env.filled(nonce=1)
+    o2, f2 = env.filled(nonce=2)
+    assert total() == SUPPLY
+    env.ok(env.settle_fn(sorted([(f, 10, 1, o.noia - 1), (f2, 0, 0, o2.noia)]), o.interval_start), env.authority)
+    assert total() == SUPPLY and env.bal(env.exchange.address) == 0
