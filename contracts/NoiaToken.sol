@@ -23,7 +23,7 @@ contract NoiaToken {
         emit Transfer(address(0), holder, supply);
     }
 
-    function transfer(address to, uint256 value) external returns (bool) {
+    function transfer(address to, uint256 value) public virtual returns (bool) {
         _transfer(msg.sender, to, value);
         return true;
     }
@@ -35,7 +35,7 @@ contract NoiaToken {
     }
 
     /// An allowance of type(uint256).max is never decreased (the common convention).
-    function transferFrom(address from, address to, uint256 value) external returns (bool) {
+    function transferFrom(address from, address to, uint256 value) public virtual returns (bool) {
         uint256 allowed = allowance[from][msg.sender];
         if (allowed != type(uint256).max) {
             require(allowed >= value, "insufficient allowance");

@@ -158,12 +158,13 @@ def deploy(w3: Web3, artefacts: dict[str, Any], name: str, sender: PrivateKey, *
     return w3.eth.contract(address=rcpt["contractAddress"], abi=artefacts[name]["abi"])
 
 
-def make_env(node: Anvil, artefacts: dict[str, Any], deployer: PrivateKey | None = None) -> Env:
+def make_env(node: Anvil, artefacts: dict[str, Any], deployer: PrivateKey | None = None,
+             token_name: str = "NoiaToken") -> Env:
     w3 = Web3(Web3.HTTPProvider(node.url))
     deployer = deployer or new_key()
     authority, maker, taker = new_key(), new_key(), new_key()
     fund(node, deployer, authority, maker, taker)
-    token = deploy(w3, artefacts, "NoiaToken", deployer, cs(deployer), SUPPLY)
+    token = deploy(w3, artefacts, token_name, deployer, cs(deployer), SUPPLY)
     exchange = deploy(w3, artefacts, "Exchange", deployer, token.address, cs(authority), INTERVAL)
     env = Env(w3, node, token, exchange, Domain(CHAIN_ID, bytes.fromhex(exchange.address[2:])), deployer,
               authority, maker, taker)
@@ -428,3 +429,32 @@ def test_money_is_conserved(env: Env) -> None:
     assert total() == SUPPLY
     env.ok(env.settle_fn(sorted([(f, 10, 1, o.noia - 1), (f2, 0, 0, o2.noia)]), o.interval_start), env.authority)
     assert total() == SUPPLY and env.bal(env.exchange.address) == 0
+
+
+# ---------------------------------------------------------------- reentrancy
+
+
+def test_reentrancy_from_a_hostile_token_is_refused(node: Anvil, artefacts: dict[str, Any]) -> None:
+    env = make_env(node, artefacts, token_name="ReentrantToken")
+    tok = env.token.functions
+    # during fill's transferFrom, the token tries to fill a second order
+    second = sign_order(env.order(nonce=2), env.domain, env.maker)
+    env.ok(tok.arm(env.exchange.address, env.fill_fn(second)._encode_transaction_data()), env.deployer)
+    o1, f1 = env.filled(nonce=1)
+    assert tok.reentered().call() and not tok.innerSuccess().call()
+    inner = bytes(tok.innerResult().call())
+    assert inner[:4] == REJECTED and abi_decode(["string"], inner[4:])[0] == "reentrancy"
+    assert env.exchange.functions.orderStatus(cs(env.maker), 2).call() == 0
+    assert env.bal(env.exchange.address) == o1.noia
+    # during settle's transfers, the token tries to settle the same fill again
+    env2 = make_env(node, artefacts, token_name="ReentrantToken")
+    o, f = env2.filled(nonce=1)
+    again = env2.settle_fn([(f, 0, 0, o.noia)], o.interval_start)._encode_transaction_data()
+    env2.ok(env2.token.functions.arm(env2.exchange.address, again), env2.deployer)
+    t0 = env2.bal(env2.taker)
+    env2.ok(env2.settle_fn([(f, 0, 0, o.noia)], o.interval_start), env2.authority)
+    t2 = env2.token.functions
+    assert t2.reentered().call() and not t2.innerSuccess().call()
+    inner = bytes(t2.innerResult().call())
+    assert abi_decode(["string"], inner[4:])[0] == "reentrancy"
+    assert env2.bal(env2.taker) == t0 + o.noia and env2.bal(env2.exchange.address) == 0
