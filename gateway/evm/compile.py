@@ -18,7 +18,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[2]
 CONTRACTS = ROOT / "contracts"
 NODE_MODULES = ROOT / "node_modules"
-SOURCES = ("NoiaToken.sol", "Exchange.sol", "test/ReentrantToken.sol")  # the last one for tests only
+SOURCES = ("NoiaToken.sol", "Exchange.sol", "CheckpointRegistry.sol",
+           "test/ReentrantToken.sol")  # the last one for tests only
 SETTINGS: dict[str, Any] = {
     "optimizer": {"enabled": True, "runs": 200},
     "evmVersion": "cancun",

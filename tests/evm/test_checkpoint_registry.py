@@ -9,7 +9,6 @@ counted once. Every rejection is checked as an ``eth_call`` (the reason) and as 
 from __future__ import annotations
 
 from typing import Any, Iterator
-from unittest import mock
 
 import pytest
 from web3 import Web3
@@ -35,10 +34,7 @@ SUBMITTER = private_key(keccak256(b"checkpoint-submitter"))
 
 @pytest.fixture(scope="module")
 def artefacts() -> dict[str, Any]:
-    # gateway/evm/compile.py lists its sources; the registry is added here until it is listed there.
-    sources = tuple(dict.fromkeys((*evm_compile.SOURCES, "CheckpointRegistry.sol")))
-    with mock.patch.object(evm_compile, "SOURCES", sources):
-        return evm_compile.compile_contracts()
+    return evm_compile.compile_contracts()
 
 
 @pytest.fixture(scope="module")
