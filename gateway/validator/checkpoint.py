@@ -16,20 +16,19 @@ r || s || v (low s, v 27/28), and ``submit`` takes them ordered by signer addres
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass, field
-from typing import Any, Iterable
+from dataclasses import dataclass
+from typing import Any, ClassVar, Iterable
 
 from coincurve import PrivateKey
 
-from .crypto import address_of, keccak256, recover_address, sign_digest, to_checksum
-from .order import DOMAIN_TYPEHASH, U64_MAX
+from .crypto import address_of, keccak256, recover_address, sign_digest
+from .order import Domain, U64_MAX
 
 DOMAIN_NAME = "Metanoia Checkpoints"
 DOMAIN_VERSION = "1"
 CHECKPOINT_TYPE = "Checkpoint(bytes32 genesisHash,uint64 height,bytes32 blockHash,bytes32 stateRoot)"
 CHECKPOINT_TYPEHASH = keccak256(CHECKPOINT_TYPE.encode())
 
-_PAD12 = b"\x00" * 12
 _PAD24 = b"\x00" * 24
 _U64 = struct.Struct(">Q")
 
@@ -39,22 +38,11 @@ def threshold(authorities: int) -> int:
     return 2 * authorities // 3 + 1
 
 
-@dataclass(frozen=True)
-class CheckpointDomain:
-    chain_id: int                # the EVM chain the registry lives on
-    verifying_contract: bytes    # the registry
-    separator: bytes = field(init=False, repr=False, compare=False)
+class CheckpointDomain(Domain):
+    """The registry's domain: chain_id = the EVM chain it lives on, verifying_contract = the registry."""
 
-    def __post_init__(self) -> None:
-        if not 0 < self.chain_id <= U64_MAX or len(self.verifying_contract) != 20:
-            raise ValueError("domain needs 0 < chain_id < 2**64 and a 20-byte contract address")
-        sep = keccak256(DOMAIN_TYPEHASH + keccak256(DOMAIN_NAME.encode()) + keccak256(DOMAIN_VERSION.encode())
-                        + self.chain_id.to_bytes(32, "big") + _PAD12 + self.verifying_contract)
-        object.__setattr__(self, "separator", sep)
-
-    def typed_data_domain(self) -> dict[str, Any]:
-        return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id,
-                "verifyingContract": to_checksum(self.verifying_contract)}
+    NAME: ClassVar[str] = DOMAIN_NAME
+    VERSION: ClassVar[str] = DOMAIN_VERSION
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 from coincurve import PrivateKey
 
@@ -52,6 +52,11 @@ def grid_id(name: str) -> bytes:
 
 @dataclass(frozen=True)
 class Domain:
+    """An EIP-712 domain {name, version, chainId, verifyingContract}; the exchange's by
+    default. Other signed types (checkpoints) subclass it with their own NAME."""
+
+    NAME: ClassVar[str] = DOMAIN_NAME
+    VERSION: ClassVar[str] = DOMAIN_VERSION
     chain_id: int
     verifying_contract: bytes
     separator: bytes = field(init=False, repr=False, compare=False)
@@ -59,12 +64,12 @@ class Domain:
     def __post_init__(self) -> None:
         if not 0 < self.chain_id <= U64_MAX or len(self.verifying_contract) != 20:
             raise ValueError("domain needs 0 < chain_id < 2**64 and a 20-byte contract address")
-        sep = keccak256(DOMAIN_TYPEHASH + keccak256(DOMAIN_NAME.encode()) + keccak256(DOMAIN_VERSION.encode())
+        sep = keccak256(DOMAIN_TYPEHASH + keccak256(self.NAME.encode()) + keccak256(self.VERSION.encode())
                         + self.chain_id.to_bytes(32, "big") + _PAD12 + self.verifying_contract)
         object.__setattr__(self, "separator", sep)
 
     def typed_data_domain(self) -> dict[str, Any]:
-        return {"name": DOMAIN_NAME, "version": DOMAIN_VERSION, "chainId": self.chain_id,
+        return {"name": self.NAME, "version": self.VERSION, "chainId": self.chain_id,
                 "verifyingContract": to_checksum(self.verifying_contract)}
 
 
