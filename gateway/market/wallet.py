@@ -46,6 +46,7 @@ from typing import Any
 
 from coincurve import PrivateKey
 
+from gateway.fsutil import replace_durably
 from gateway import db as gdb
 from gateway.validator.crypto import ZERO_ADDRESS, address_of, sign_digest, to_checksum
 from gateway.validator.errors import DecodeError
@@ -163,23 +164,8 @@ def harden_process() -> None:
 
 
 def _write_private(path: Path, data: bytes) -> None:
-    """Atomic write of a 0600 file (temp + fsync + rename + fsync of the folder)."""
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    dfd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dfd)
-    finally:
-        os.close(dfd)
+    """Atomic, durable write of a 0600 file."""
+    replace_durably(path, data, 0o600)
 
 
 @dataclass

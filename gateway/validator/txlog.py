@@ -19,6 +19,7 @@ import struct
 from collections.abc import Sequence
 from pathlib import Path
 
+from gateway.fsutil import replace_durably
 from .tx import MAX_TX_SIZE
 
 log = logging.getLogger(__name__)
@@ -111,19 +112,9 @@ class TxLog:
             self.fsyncs += 1
 
     def _rewrite(self, keep: list[bytes]) -> None:
-        tmp = self.path.with_suffix(".tmp")
         data = encode_records(keep)
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
         self._f.close()
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        replace_durably(self.path, data)
         self._f = open(self.path, "ab", buffering=0)
         self.size = len(data)
 

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from coincurve import PrivateKey
 
+from gateway.fsutil import replace_durably
 from .crypto import address_of, keccak256, recover_address, sign_digest
 from .errors import BAD_LENGTH, TRUNCATED, ChainError, DecodeError
 
@@ -209,18 +210,8 @@ class VoteLog:
         keep = [v for v in self.votes.values() if v.height >= min_height]
         if len(keep) == len(self.votes):
             return
-        tmp = self.path.with_suffix(".tmp")
-        with open(tmp, "wb") as f:
-            f.write(b"".join(v.encode() for v in sorted(keep, key=lambda v: v.key)))
-            f.flush()
-            os.fsync(f.fileno())
         self._f.close()
-        os.replace(tmp, self.path)
-        dfd = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)
-        finally:
-            os.close(dfd)
+        replace_durably(self.path, b"".join(v.encode() for v in sorted(keep, key=lambda v: v.key)))
         self.votes = {v.key: v for v in keep}
         self._f = open(self.path, "ab", buffering=0)
 
