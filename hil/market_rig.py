@@ -485,6 +485,22 @@ def unsettled_intervals(conn: Any, grid: str) -> list[int]:
             "s.start = t.interval_start AND s.state = 'settled')" if has else ""), (grid,))})
 
 
+
+async def settlements_on_chain(rpc: Any) -> tuple[Counter[int], Counter[bytes]]:
+    """From the chain's final blocks: settle txs per interval start, settle entries per fill id."""
+    per_interval: Counter[int] = Counter()
+    per_fill: Counter[bytes] = Counter()
+    for n in range(1, await rpc.call("chain_finalizedNumber") + 1):
+        blk = await rpc.call("chain_getBlockByNumber", n, True)
+        for h in blk["transactions"]:
+            raw = bytes.fromhex(h[2:])
+            if raw[0] == SETTLE:
+                batch = decode_tx(raw).payload
+                assert isinstance(batch, SettleBatch)
+                per_interval[batch.interval_start] += 1
+                per_fill.update(e.fill_id for e in batch.entries)
+    return per_interval, per_fill
+
 async def audit(url: str, conn: Any, grid: str, address: dict[str, bytes], fund: int) -> dict[str, Any]:
     """Money and energy from the chain and the meters.
 
@@ -496,17 +512,7 @@ async def audit(url: str, conn: Any, grid: str, address: dict[str, bytes], fund:
     rpc = JsonRpcClient(url, timeout=10)
     try:
         trades = [t for t in TradeLog(conn).all(grid) if t.state != "rejected"]
-        per_fill: Counter[bytes] = Counter()
-        per_interval: Counter[int] = Counter()
-        for n in range(1, await rpc.call("chain_finalizedNumber") + 1):
-            blk = await rpc.call("chain_getBlockByNumber", n, True)
-            for h in blk["transactions"]:
-                raw = bytes.fromhex(h[2:])
-                if raw[0] == SETTLE:
-                    batch = decode_tx(raw).payload
-                    assert isinstance(batch, SettleBatch)
-                    per_interval[batch.interval_start] += 1
-                    per_fill.update(e.fill_id for e in batch.entries)
+        per_interval, per_fill = await settlements_on_chain(rpc)
         hh: dict[str, dict[str, Any]] = {h: {"bought_wh": 0, "sold_wh": 0, "ordered_buy_wh": 0, "ordered_sell_wh": 0, "escrowed": 0,
                   "refunds": 0, "paid": 0, "received": 0} for h in address}
         by_meter: dict[tuple[str, int, str], int] = {}

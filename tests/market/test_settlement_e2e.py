@@ -329,18 +329,8 @@ def test_kill_9_of_the_settlement_process_at_any_moment_leaves_every_interval_se
                 await run(*cli, kill_after=rnd.uniform(0.8, 2.0))
             assert await run(*me, "none", "0") == 0  # the last restart finishes
             # every interval settled exactly once on the chain: one settle tx per interval, each fill in one entry
-            from gateway.validator.tx import SETTLE, decode_tx
-            per_interval: Counter[int] = Counter()
-            per_fill: Counter[bytes] = Counter()
-            for n in range(1, await rpc.call("chain_finalizedNumber") + 1):
-                blk = await rpc.call("chain_getBlockByNumber", n, True)
-                for h in blk["transactions"]:
-                    raw = bytes.fromhex(h[2:])
-                    if raw[0] == SETTLE:
-                        b = decode_tx(raw).payload
-                        assert isinstance(b, SettleBatch)
-                        per_interval[b.interval_start] += 1
-                        per_fill.update(e.fill_id for e in b.entries)
+            from hil.market_rig import settlements_on_chain
+            per_interval, per_fill = await settlements_on_chain(rpc)
             assert per_interval == Counter({s: 1 for s in CRASH_S})
             assert per_fill == Counter({f: 1 for f in fids})
             # and the figures are the rule's, recorded once, money conserved
