@@ -15,6 +15,7 @@ returns unix seconds (0 while unsynced), ``ticks_ms()`` a monotonic tick and
 
 import time
 
+from device.version import VERSION
 from micropython import const
 from telemetry.cose import (FLAG_CLOCK_UNSYNCED, FLAG_COUNTER_BACKWARDS, FLAG_INVERTER_ERROR,
                             FLAG_METER_ERROR, FLAG_OFFLINE, MAX_BATCH, ReadingEncoder, wrap_array)
@@ -47,9 +48,18 @@ def _hex(b):
     return "".join("%02x" % x for x in b)
 
 
+def state_payloads(version):
+    """The retained ``state`` payloads (online, last will), JSON with no spaces.
+
+    The gateway records the firmware version from the online message; the
+    exact bytes are the contract (docs/firmware.md). Built once per Device.
+    """
+    return ('{"state":"online","fw":"%s"}' % version).encode(), b'{"state":"offline"}'
+
+
 class Device:
     def __init__(self, cfg, signer, ring, grid, pv=None, mqtt=None, clock=None, ticks_ms=None,
-                 wdt=None, link_up=None, log=None):
+                 wdt=None, link_up=None, log=None, version=VERSION):
         self.cfg = cfg
         self.signer = signer
         self.ring = ring
@@ -68,6 +78,7 @@ class Device:
         self.t_ack = (base + "ack").encode()
         self.t_state = (base + "state").encode()
         self.t_cmd = (base + "cmd").encode()
+        self.state_online, self.state_offline = state_payloads(version)
         self.connected = False
         self.sent_upto = ring.next_seq - 1   # highest seq published since the last (re)connect
         self.acked = ring.acked_seq          # highest seq the gateway acknowledged (0 = none)
@@ -134,10 +145,10 @@ class Device:
     def connect(self):
         m = self.mqtt
         m.set_callback(self.on_message)
-        m.set_last_will(self.t_state, b"offline", True, 1)
+        m.set_last_will(self.t_state, self.state_offline, True, 1)
         m.connect()
         self.connected = True
-        m.publish(self.t_state, b"online", True, 1)
+        m.publish(self.t_state, self.state_online, True, 1)
         m.subscribe(self.t_ack, 1)
         m.subscribe(self.t_cmd, 1)
         # Anything published before but not acknowledged goes out again.

@@ -4,12 +4,15 @@ lose nothing and duplicate nothing in storage."""
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
 
 from device import config
 from device.loop import Device, decode_ack
+from device.version import RELEASE
+from device.version import VERSION as FW_VERSION
 from gateway.aggregator.collector import Collector
 from hil.broker import Mosquitto
 from hil.nor_flash import NorFlash
@@ -230,12 +233,14 @@ def test_last_will_marks_the_device_offline(broker):
     watcher.loop_start()
     watcher.subscribe(dev.t_state.decode(), 1)
     try:
-        drive(dev, lambda: dev.connected and b"online" in states)
+        online = ('{"state":"online","fw":"%s"}' % FW_VERSION).encode()
+        drive(dev, lambda: dev.connected and online in states)
         dev.mqtt.close()  # the device vanishes without a DISCONNECT
         deadline = time.monotonic() + 25
-        while b"offline" not in states and time.monotonic() < deadline:
+        while b'{"state":"offline"}' not in states and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert states[-1] == b"offline"
+        assert states[-1] == b'{"state":"offline"}'
+        assert json.loads(online) == {"state": "online", "fw": RELEASE + "+src"}
     finally:
         watcher.loop_stop()
 

@@ -6,7 +6,10 @@ published is then verified by the gateway's decoder on CPython."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
+from device.version import VERSION as FW_VERSION
 
 from gateway.telemetry.decode import decode_message, verify
 from gateway.telemetry.format import FLAG_OFFLINE, FLAG_SOFTWARE_KEY
@@ -101,7 +104,10 @@ def test_device_loop_on_micropython_buffers_through_outage_and_reboot(mp):
     assert out["reboot_next_seq"] == 14
     drained = out["drained"]
     assert drained["acked"] == 13 and drained["pending"] == 0
-    assert out["state"] == ["online"]
+    # The retained state carries the firmware version (the gateway's contract);
+    # from the source tree that is device/version.py's RELEASE + "+src".
+    assert [json.loads(m) for m in out["state"]] == [{"state": "online", "fw": FW_VERSION}]
+    assert out["state"][0] == '{"state":"online","fw":"%s"}' % FW_VERSION
     # 10 readings after the reboot went out as two CBOR arrays (batch_max 8).
     assert len(out["tele"]) == 2
     from hil.device_sim import public_key_pem  # CPython side: verify what MicroPython signed
