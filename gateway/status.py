@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.aggregator.checks import NOTES, REJECTION_REASONS
+from gateway.aggregator.device_state import read_states
 from gateway.aggregator.intervals import INTERVAL_S, IntervalEngine, registry_columns
 
 
@@ -53,7 +54,11 @@ def gateway_status(conn: sqlite3.Connection, db_path: str | Path, grid: str | No
                 "last_time": last_time, "last_received_s_ago": lag,
                 "stale": lag is None or lag > stale_s,
             })
+    for d, st in read_states(conn).items():
+        if d.hex() in devices:
+            devices[d.hex()].update({"fw": st.fw, "state_since_ms": st.since_ms})
     for info in devices.values():
+        info.setdefault("fw", None)
         info.setdefault("state", "never_seen")
         info.setdefault("stale", True)
         info["online"] = info["state"] == "online" and not info["stale"]

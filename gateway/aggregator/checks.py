@@ -21,6 +21,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from gateway.aggregator.device_state import STATE_REASONS
 from gateway.telemetry import REASONS as DECODER_REASONS
 from gateway.telemetry.format import FLAG_CLOCK_UNSYNCED, FLAG_COUNTER_BACKWARDS
 
@@ -47,7 +48,7 @@ NOTES: dict[str, str] = {
     "stored_clock_unsynced": "stored; the device's clock was not synced (flagged)",
     "stored_counter_backwards": "stored; a counter went backwards and the device flagged it",
 }
-REJECTION_REASONS: dict[str, str] = {**DECODER_REASONS, **INGEST_REASONS, **QUARANTINE_REASONS}
+REJECTION_REASONS: dict[str, str] = {**DECODER_REASONS, **INGEST_REASONS, **QUARANTINE_REASONS, **STATE_REASONS}
 COUNTER_NAMES: dict[str, str] = {**REJECTION_REASONS, **NOTES}
 
 EARLIEST_TIME = 1_577_836_800  # 2020-01-01T00:00:00Z: no synced meter clock reads earlier

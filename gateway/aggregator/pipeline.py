@@ -19,8 +19,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.aggregator.checks import ClockPolicy, check_clock, check_counters
+from gateway.aggregator.device_state import StateError, parse_state
 from gateway.aggregator.keys import REVOKED, KeySource
-from gateway.aggregator.store import DeviceState, QuarantineRow, ReadingRow, ReadingStore
+from gateway.aggregator.store import DeviceState, QuarantineRow, ReadingRow, ReadingStore, StateRow
 from gateway.aggregator.verify_pool import Verifier, WorkItem
 from gateway.telemetry.format import FLAG_CLOCK_UNSYNCED
 
@@ -63,7 +64,7 @@ class Ingestor:
         self.clock = clock
         self.devices: dict[bytes, DeviceState] = {}
         self._counts: Counter[tuple[str, bytes]] = Counter()
-        self._states: list[tuple[bytes, str, int]] = []
+        self._states: list[StateRow] = []
         self._last_log: dict[str, float] = {}
         self._closure_id = store.last_closure_id()
         self.stored = 0   # readings stored by this process (for logs and the bench)
@@ -107,9 +108,16 @@ class Ingestor:
         return jobs
 
     def _on_state(self, device_id: bytes, payload: bytes, received: int) -> None:
-        state = bytes(payload).decode("ascii", "replace")
-        if state in ("online", "offline") and self.keys.key_for(device_id) is not None:
-            self._states.append((device_id, state, received))
+        """Record a known device's retained state (device_state.py); a bad payload is counted, never raised."""
+        if self.keys.key_for(device_id) is None:
+            return  # not ours: no per-device rows for ids nobody provisioned
+        try:
+            msg = parse_state(payload)
+        except StateError as e:
+            self._reject(e.reason, device_id, f"{device_id.hex()} state: {e.detail}")
+            return
+        if msg is not None:
+            self._states.append((device_id, msg.state, msg.fw, msg.format, received))
 
     def _reject(self, reason: str, device_id: bytes, detail: str) -> None:
         self._counts[(reason, device_id)] += 1

@@ -11,6 +11,8 @@ Tables owned here (``readings`` itself is declared once in ``gateway.db``):
   evidence, never used as energy; their seqs count as accounted for.
 - ``ingest_counters``: rejections and notes by (name, device); the empty
   device id stands for messages that name no known device.
+- ``device_state`` (``device_state.py``): each device's retained online/offline
+  message with its firmware version; ``ingest_devices.state`` mirrors the state.
 - ``ingest_gap_closures``: seqs an operator declared lost for good
   (``metanoia gateway gap close``), with who and when.
 
@@ -26,6 +28,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.aggregator.device_state import SCHEMA as STATE_SCHEMA, UPSERT as _UPSERT_DEVICE_STATE
 from gateway.db import ensure_schema, open_gateway_db
 
 INGEST_SCHEMA = (
@@ -79,6 +82,7 @@ _UPSERT_STATE = ("INSERT INTO ingest_devices (device_id, state, state_at) VALUES
                  "ON CONFLICT (device_id) DO UPDATE SET state = excluded.state, state_at = excluded.state_at")
 
 ReadingRow = tuple[bytes, int, int, int, int, int, int, int, bytes, int]       # readings columns, in order
+StateRow = tuple[bytes, str, str | None, str, int]    # device, state, fw, format, received (unix ms)
 QuarantineRow = tuple[bytes, int, str, int, int, bytes, int]
 Counters = tuple[int, int, int]
 
@@ -138,6 +142,7 @@ class ReadingStore:
     def __init__(self, conn: sqlite3.Connection) -> None:
         self.conn = conn
         ensure_schema(conn, "ingest", INGEST_SCHEMA)
+        ensure_schema(conn, "device_state", STATE_SCHEMA)
 
     @classmethod
     def open(cls, path: str | Path) -> ReadingStore:
@@ -188,7 +193,7 @@ class ReadingStore:
 
     def write_batch(self, rows: list[ReadingRow], quarantine: list[QuarantineRow],
                     counts: Mapping[tuple[str, bytes], int], devices: Iterable[DeviceState],
-                    states: Iterable[tuple[bytes, str, int]] = (), now_ms: int | None = None) -> None:
+                    states: Iterable[StateRow] = (), now_ms: int | None = None) -> None:
         """Everything in one transaction, committed with synchronous=FULL (one fsync)."""
         now_ms = int(time.time() * 1000) if now_ms is None else now_ms
         c = self.conn
@@ -202,7 +207,9 @@ class ReadingStore:
                 c.executemany(_UPSERT_COUNTER, [(n, d, k, now_ms) for (n, d), k in counts.items()])
             c.executemany(_UPSERT_DEVICE, [(d.device_id, d.contiguous, d.highest, d.last_time, d.last_received_at)
                                            for d in devices])
-            c.executemany(_UPSERT_STATE, list(states))
+            states = list(states)
+            c.executemany(_UPSERT_STATE, [(d, st, at) for d, st, _fw, _f, at in states])
+            c.executemany(_UPSERT_DEVICE_STATE, [(d, st, fw, f, at, at) for d, st, fw, f, at in states])
             c.execute("COMMIT")
         except BaseException:
             if c.in_transaction:
