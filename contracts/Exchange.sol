@@ -14,6 +14,9 @@ interface IERC20Minimal {
 ///         The fill id is the order digest, as on the bundled chain. Every rejection reverts
 ///         with `Rejected(reason)` where `reason` is the bundled chain's reason code
 ///         (gateway/validator/errors.py), so both backends can be compared one to one.
+///         A fill whose interval is never settled can be reclaimed (its whole escrow back to the
+///         taker) once `settleTimeout` seconds have passed after the interval's end: the bundled
+///         chain's rule (docs/chain.md, "Reclaim").
 contract Exchange {
     struct Order {
         uint256 nonce;
@@ -33,7 +36,7 @@ contract Exchange {
         uint256 refund;         // back to the taker
     }
 
-    enum FillStatus { None, Escrowed, Settled }
+    enum FillStatus { None, Escrowed, Settled, Reclaimed }
 
     struct Fill {
         address maker;
@@ -45,7 +48,7 @@ contract Exchange {
         bytes32 grid;
         uint64 deliveredWh;     // set when Settled
         uint256 payment;
-        uint256 refund;
+        uint256 refund;         // Reclaimed: the whole escrow
     }
 
     bytes32 public constant DOMAIN_TYPEHASH =
@@ -64,6 +67,9 @@ contract Exchange {
     IERC20Minimal public immutable token;
     address public immutable complexAuthority;
     uint64 public immutable intervalSeconds;
+    /// Seconds after an interval's end before its unsettled fills may be reclaimed (the genesis's
+    /// `settle_timeout` on the bundled chain).
+    uint64 public immutable settleTimeout;
 
     /// maker => order nonce => 0 open / 1 filled / 2 cancelled
     mapping(address => mapping(uint256 => uint8)) public orderStatus;
@@ -80,6 +86,7 @@ contract Exchange {
                  uint64 wh, uint64 intervalStart, uint256 noia, bytes32 grid);
     event Cancelled(address indexed maker, uint256 nonce);
     event Settled(bytes32 indexed fillId, uint64 deliveredWh, uint256 payment, uint256 refund);
+    event Reclaimed(bytes32 indexed fillId, address indexed taker, uint256 refund);
     event BatchSettled(bytes32 indexed grid, uint64 indexed intervalStart, bytes32 evidenceRoot, uint256 count);
 
     modifier nonReentrant() {
@@ -89,12 +96,14 @@ contract Exchange {
         locked = 1;
     }
 
-    constructor(IERC20Minimal token_, address complexAuthority_, uint64 intervalSeconds_) {
+    constructor(IERC20Minimal token_, address complexAuthority_, uint64 intervalSeconds_, uint64 settleTimeout_) {
         require(address(token_) != address(0) && complexAuthority_ != address(0), "zero address");
         require(intervalSeconds_ > 0, "zero interval");
+        require(settleTimeout_ > 0, "zero settle timeout");
         token = token_;
         complexAuthority = complexAuthority_;
         intervalSeconds = intervalSeconds_;
+        settleTimeout = settleTimeout_;
     }
 
     /// The domain separator, computed for the current chain id (so a fork gets its own).
@@ -164,6 +173,7 @@ contract Exchange {
             if (i > 0 && entries[i - 1].fillId >= e.fillId) revert Rejected("non_canonical");
             Fill storage f = fills[e.fillId];
             if (f.status == FillStatus.Settled) revert Rejected("fill_already_settled");
+            if (f.status == FillStatus.Reclaimed) revert Rejected("fill_reclaimed");
             if (f.status != FillStatus.Escrowed) revert Rejected("unknown_fill");
             if (f.intervalStart != intervalStart) revert Rejected("interval_mismatch");
             if (f.grid != grid) revert Rejected("grid_mismatch");
@@ -188,6 +198,32 @@ contract Exchange {
             if (e.payment != 0 && !token.transfer(f.maker, e.payment)) revert Rejected("transfer_failed");
             if (e.refund != 0 && !token.transfer(f.taker, e.refund)) revert Rejected("transfer_failed");
         }
+    }
+
+    /// Anyone may send it: the whole escrow of an unsettled fill goes back to its taker once the block
+    /// time reaches the interval's end plus `settleTimeout`; the fill is closed (no settle, no second
+    /// reclaim). Same checks, same order, same reasons as the bundled chain's reclaim.
+    function reclaim(bytes32 fillId) external nonReentrant {
+        Fill storage f = fills[fillId];
+        if (f.status == FillStatus.Settled) revert Rejected("fill_already_settled");
+        if (f.status == FillStatus.Reclaimed) revert Rejected("fill_reclaimed");
+        if (f.status != FillStatus.Escrowed) revert Rejected("unknown_fill");
+        // uint256 sum of three uint64: cannot overflow.
+        if (block.timestamp < uint256(f.intervalStart) + intervalSeconds + settleTimeout)
+            revert Rejected("reclaim_too_early");
+        uint256 refund = f.noia;
+        f.status = FillStatus.Reclaimed;
+        f.noia = 0;
+        f.refund = refund;
+        emit Reclaimed(fillId, f.taker, refund);
+        if (!token.transfer(f.taker, refund)) revert Rejected("transfer_failed");
+    }
+
+    /// The first block time at which `fillId` may be reclaimed (0 for a fill that is not escrowed).
+    function reclaimableAt(bytes32 fillId) external view returns (uint256) {
+        Fill storage f = fills[fillId];
+        if (f.status != FillStatus.Escrowed) return 0;
+        return uint256(f.intervalStart) + intervalSeconds + settleTimeout;
     }
 
     function _checkOrderOpen(address maker, uint256 nonce) private view {

@@ -176,7 +176,7 @@ class BundledBackend:
             return None
         if not isinstance(res, dict):
             raise ChainUnavailable(BAD_RESPONSE, f"chain_getEscrow: {res!r:.200}")
-        if res.get("status") == "settled":  # the escrow is paid out: no escrow any more
+        if res.get("status") in ("settled", "reclaimed"):  # paid out or refunded: no escrow any more
             return None
         return EscrowInfo(fill_id, _bytes(_field(res, "maker"), 20), _bytes(_field(res, "taker"), 20),
                           _int(_field(res, "noia")), _int(_field(res, "wh")),

@@ -4,7 +4,8 @@ An ``Intent`` is an idempotency key, the sending account and an action. The
 actions are the chain core's typed payloads (gateway/validator/tx.py), which
 mean the same thing on the bundled chain and on the EVM exchange: transfer,
 fill a signed EIP-712 order, cancel an order nonce, settle an interval's
-fills, checkpoint a block; plus ``NonceFill``, a no-op that only consumes an
+fills, checkpoint a block, reclaim an unsettled fill's escrow after the
+settle timeout; plus ``NonceFill``, a no-op that only consumes an
 account nonce (the outbox's gap filler; each backend encodes it its own way).
 A backend turns (intent, nonce, key) into signed bytes for its chain.
 
@@ -20,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Union
 
 from gateway.validator.order import SignedOrder
-from gateway.validator.tx import Cancel, Checkpoint, Fill, Settlement, SettleBatch, Transfer
+from gateway.validator.tx import Cancel, Checkpoint, Fill, Reclaim, Settlement, SettleBatch, Transfer
 
 MAX_KEY_LENGTH = 200
 
@@ -30,10 +31,10 @@ class NonceFill:
     """Consume one account nonce and nothing else (fills a gap left by a rejected tx)."""
 
 
-Action = Union[Transfer, Fill, Cancel, SettleBatch, Checkpoint, NonceFill]
+Action = Union[Transfer, Fill, Cancel, SettleBatch, Checkpoint, Reclaim, NonceFill]
 
 KIND_OF: dict[type, str] = {Transfer: "transfer", Fill: "fill", Cancel: "cancel", SettleBatch: "settle",
-                            Checkpoint: "checkpoint", NonceFill: "nonce_fill"}
+                            Checkpoint: "checkpoint", Reclaim: "reclaim", NonceFill: "nonce_fill"}
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,8 @@ def action_to_json(a: Action) -> dict[str, Any]:
     if isinstance(a, Checkpoint):
         return {"kind": "checkpoint", "height": a.height, "block_hash": _hex(a.block_hash),
                 "state_root": _hex(a.state_root)}
+    if isinstance(a, Reclaim):
+        return {"kind": "reclaim", "fill_id": _hex(a.fill_id)}
     if isinstance(a, NonceFill):
         return {"kind": "nonce_fill"}
     raise TypeError(f"not an action: {a!r}")
@@ -96,6 +99,11 @@ def action_from_json(d: dict[str, Any]) -> Action:
                            tuple(Settlement(_unhex(f), int(w), int(p), int(r)) for f, w, p, r in d["entries"]))
     if kind == "checkpoint":
         return Checkpoint(int(d["height"]), _unhex(d["block_hash"]), _unhex(d["state_root"]))
+    if kind == "reclaim":
+        fid = _unhex(d["fill_id"])
+        if len(fid) != 32:
+            raise ValueError("a fill id is 32 bytes")
+        return Reclaim(fid)
     if kind == "nonce_fill":
         return NonceFill()
     raise ValueError(f"unknown action kind {kind!r}")

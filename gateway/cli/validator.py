@@ -28,6 +28,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     init.add_argument("--name", default="metanoia-dev")
     init.add_argument("--block-time", type=float, default=1.0, help="seconds per block (slot)")
     init.add_argument("--interval-seconds", type=int, default=900, help="delivery interval length")
+    init.add_argument("--settle-timeout", type=int, default=7 * 86_400,
+                      help="seconds after an interval ends before its unsettled fills can be reclaimed")
     init.add_argument("--fund", action="append", default=[], metavar="ADDRESS=AMOUNT",
                       help="initial NOIA balance (smallest units); repeatable")
     init.add_argument("--base-port", type=int, default=26656, help="suggested p2p ports start here (rpc: +100)")
@@ -98,6 +100,7 @@ def cmd_init(args: argparse.Namespace) -> int:
         balances[a.lower()] = amount
     doc = {"chain_id": args.chain_id, "name": args.name, "verifying_contract": DEFAULT_CONTRACT,
            "block_time_ms": int(round(args.block_time * 1000)), "interval_seconds": args.interval_seconds,
+           "settle_timeout": args.settle_timeout,
            "timestamp": int(time.time()), "authorities": [a.lower() for a in auths],
            "complex_authority": complex_addr.lower(), "balances": balances}
     g = parse_genesis(doc)  # the loader's checks, before anything is written

@@ -78,6 +78,8 @@ INTERVAL_NOT_OVER = "interval_not_over"
 EVIDENCE_ROOT_CONFLICT = "evidence_root_conflict"
 CHECKPOINT_UNKNOWN_BLOCK = "checkpoint_unknown_block"
 CHECKPOINT_NOT_MONOTONIC = "checkpoint_not_monotonic"
+FILL_RECLAIMED = "fill_reclaimed"        # the fill's escrow went back to its taker (reclaim): no settle, no 2nd reclaim
+RECLAIM_TOO_EARLY = "reclaim_too_early"  # block time < interval end + settle_timeout
 
 # BlockInvalid reasons
 TX_REJECTED = "tx_rejected"

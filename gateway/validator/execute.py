@@ -23,11 +23,12 @@ from .block import HEADER_SIZE, MAX_BLOCK_SIZE, MAX_BLOCK_TXS, Block, Header, me
 from .errors import BlockInvalid, DecodeError, TxRejected
 from .genesis import ChainParams
 from .state import (ACCOUNT, ACCOUNT_RECORD, CANCELLED, ESCROW, ESCROW_RECORD, FILLED, LAST_CHECKPOINT, ORDER,
-                    Escrow, Overlay, Settled, StateView, account_key, checkpoint_key, decode_escrow, encode_escrow,
-                    encode_settled, encode_u64, escrow_key, get_account, get_last_checkpoint, interval_key,
-                    order_key, put_account, settled_key, state_root, update_accumulator)
-from .tx import FILL, HEADER_SIZE as TX_HEADER_SIZE, TRANSFER, Cancel, Checkpoint, Fill, SettleBatch, Transfer, \
-    VerifiedTx, verify_tx
+                    Escrow, Overlay, Reclaimed, Settled, StateView, account_key, checkpoint_key, decode_escrow,
+                    encode_escrow, encode_reclaimed, encode_settled, encode_u64, escrow_key, get_account,
+                    get_last_checkpoint, interval_key, order_key, put_account, reclaimed_key, settled_key,
+                    state_root, update_accumulator)
+from .tx import FILL, HEADER_SIZE as TX_HEADER_SIZE, RECLAIM, TRANSFER, Cancel, Checkpoint, Fill, Reclaim, \
+    SettleBatch, Transfer, VerifiedTx, verify_tx
 
 HeaderLookup = Callable[[int], "Header | None"]
 
@@ -51,7 +52,7 @@ class Receipt:
     index: int
     type: int
     sender: bytes
-    fill_id: bytes | None = None  # fills: the order's EIP-712 digest
+    fill_id: bytes | None = None  # fills and reclaims: the order's EIP-712 digest
 
     def encode(self) -> bytes:
         return _RECEIPT.pack(self.tx_hash, self.height, self.index, self.type, self.sender,
@@ -60,7 +61,7 @@ class Receipt:
     @classmethod
     def decode(cls, raw: bytes) -> Receipt:
         h, height, index, kind, sender, fid = _RECEIPT.unpack(raw)
-        return cls(h, height, index, kind, sender, fid if kind == FILL else None)
+        return cls(h, height, index, kind, sender, fid if kind in (FILL, RECLAIM) else None)
 
 
 def _reject(reason: str, detail: str = "") -> TxRejected:
@@ -102,6 +103,11 @@ def apply_tx(view: Overlay, vtx: VerifiedTx, ctx: BlockContext, index: int = 0) 
     elif isinstance(p, Checkpoint):
         _checkpoint(w, p, sender, ctx)
         put_account(w, sender, acct.balance, acct.nonce + 1)
+    elif isinstance(p, Reclaim):
+        _reclaim(w, p.fill_id, ctx)
+        a = get_account(w, sender)  # the sender may be the taker being refunded
+        put_account(w, sender, a.balance, acct.nonce + 1)
+        fill_id = p.fill_id
     else:  # pragma: no cover - the decoder produces only the types above
         raise TypeError(type(p))
     view.merge(w)
@@ -162,6 +168,8 @@ def touched_keys(vtxs: Sequence[VerifiedTx]) -> list[bytes]:
             out.append(ESCROW + v.order_hash)
         elif kind == TRANSFER:
             out.append(ACCOUNT + raw[TX_HEADER_SIZE:TX_HEADER_SIZE + 20])
+        elif kind == RECLAIM:
+            out.append(ESCROW + raw[TX_HEADER_SIZE:TX_HEADER_SIZE + 32])
     return out
 
 
@@ -183,12 +191,7 @@ def _settle(w: Overlay, p: SettleBatch, sender: bytes, ctx: BlockContext) -> Non
     if known is not None and known != p.evidence_root:
         raise _reject(E.EVIDENCE_ROOT_CONFLICT, "interval already settled with another evidence root")
     for e in p.entries:
-        raw = w.get(escrow_key(e.fill_id))
-        if raw is None:
-            if w.get(settled_key(e.fill_id)) is not None:
-                raise _reject(E.FILL_ALREADY_SETTLED, e.fill_id.hex())
-            raise _reject(E.UNKNOWN_FILL, e.fill_id.hex())
-        esc = decode_escrow(raw)
+        esc = _open_escrow(w, e.fill_id)
         if esc.interval_start != p.interval_start:
             raise _reject(E.INTERVAL_MISMATCH, e.fill_id.hex())
         if esc.grid != p.grid:
@@ -206,6 +209,36 @@ def _settle(w: Overlay, p: SettleBatch, sender: bytes, ctx: BlockContext) -> Non
             t = get_account(w, esc.taker)
             put_account(w, esc.taker, t.balance + e.refund, t.nonce)
     w.put(ikey, p.evidence_root)
+
+
+def _open_escrow(w: StateView, fill_id: bytes) -> Escrow:
+    """The escrow of a fill that is neither settled nor reclaimed, or the reason it is not there."""
+    raw = w.get(escrow_key(fill_id))
+    if raw is None:
+        if w.get(settled_key(fill_id)) is not None:
+            raise _reject(E.FILL_ALREADY_SETTLED, fill_id.hex())
+        if w.get(reclaimed_key(fill_id)) is not None:
+            raise _reject(E.FILL_RECLAIMED, fill_id.hex())
+        raise _reject(E.UNKNOWN_FILL, fill_id.hex())
+    return decode_escrow(raw)
+
+
+def reclaim_deadline(esc: Escrow, params: ChainParams) -> int:
+    """The first block time at which ``esc`` may be reclaimed: its interval's end plus the settle timeout."""
+    return esc.interval_start + params.interval_seconds + params.settle_timeout
+
+
+def _reclaim(w: Overlay, fill_id: bytes, ctx: BlockContext) -> None:
+    """The settle timeout's way out: the whole escrow back to the taker, the fill closed for good.
+    Anyone may send it (the money can only go to the taker); it races settlement fairly, first in wins."""
+    esc = _open_escrow(w, fill_id)
+    deadline = reclaim_deadline(esc, ctx.params)
+    if ctx.timestamp < deadline:
+        raise _reject(E.RECLAIM_TOO_EARLY, f"block time {ctx.timestamp} < {deadline}")
+    w.delete(escrow_key(fill_id))
+    w.put(reclaimed_key(fill_id), encode_reclaimed(Reclaimed(esc.taker, esc.noia)))
+    t = get_account(w, esc.taker)
+    put_account(w, esc.taker, t.balance + esc.noia, t.nonce)
 
 
 def _checkpoint(w: Overlay, p: Checkpoint, sender: bytes, ctx: BlockContext) -> None:

@@ -8,6 +8,8 @@
       "verifying_contract": "0x...",     # EIP-712 domain of orders on this chain
       "block_time_ms": 1000,
       "interval_seconds": 900,           # delivery interval length (settle only after it ends)
+      "settle_timeout": 604800,          # optional (default 7 days): reclaim once the interval
+                                         # ended this long ago (docs/chain.md, "Reclaim")
       "timestamp": 1700000000,           # genesis time, unix s
       "authorities": ["0x...", ...],     # block signers, in proposer order
       "complex_authority": "0x...",      # the one address that may settle
@@ -16,7 +18,9 @@
 
 The genesis hash (keccak256 of the canonical JSON: sorted keys, no spaces,
 lower-case addresses) is the parent hash of block 0, so the whole
-configuration is committed to by every block hash.
+configuration is committed to by every block hash. ``settle_timeout`` came
+later: a file without it means the default, and its canonical JSON (hence its
+hash, hence every block hash of a running chain) stays what it was.
 """
 
 from __future__ import annotations
@@ -35,6 +39,9 @@ from .state import DictState, Overlay, accumulate, put_account, state_root
 BAD_GENESIS = "bad_genesis"
 _KEYS = {"chain_id", "name", "verifying_contract", "block_time_ms", "interval_seconds", "timestamp",
          "authorities", "complex_authority", "balances"}
+_OPTIONAL_KEYS = {"settle_timeout"}
+DEFAULT_SETTLE_TIMEOUT = 7 * 86_400
+MAX_SETTLE_TIMEOUT = 10 * 365 * 86_400
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,7 @@ class ChainParams:
     complex_authority: bytes
     interval_seconds: int
     block_time_ms: int
+    settle_timeout: int = DEFAULT_SETTLE_TIMEOUT  # seconds after an interval's end before its fills can be reclaimed
 
     @property
     def chain_id(self) -> int:
@@ -62,14 +70,18 @@ class Genesis:
     authorities: tuple[bytes, ...]
     complex_authority: bytes
     balances: tuple[tuple[bytes, int], ...]
+    settle_timeout: int | None = None  # None: not in the file (the default applies, the hash is unchanged)
 
     def to_json(self) -> dict[str, Any]:
-        return {"chain_id": self.chain_id, "name": self.name,
+        doc: dict[str, Any] = {"chain_id": self.chain_id, "name": self.name,
                 "verifying_contract": "0x" + self.verifying_contract.hex(),
                 "block_time_ms": self.block_time_ms, "interval_seconds": self.interval_seconds,
                 "timestamp": self.timestamp, "authorities": ["0x" + a.hex() for a in self.authorities],
                 "complex_authority": "0x" + self.complex_authority.hex(),
                 "balances": {"0x" + a.hex(): str(v) for a, v in self.balances}}
+        if self.settle_timeout is not None:
+            doc["settle_timeout"] = self.settle_timeout
+        return doc
 
     def canonical(self) -> bytes:
         return json.dumps(self.to_json(), sort_keys=True, separators=(",", ":")).encode()
@@ -80,7 +92,8 @@ class Genesis:
 
     def params(self) -> ChainParams:
         return ChainParams(Domain(self.chain_id, self.verifying_contract), self.authorities,
-                           self.complex_authority, self.interval_seconds, self.block_time_ms)
+                           self.complex_authority, self.interval_seconds, self.block_time_ms,
+                           DEFAULT_SETTLE_TIMEOUT if self.settle_timeout is None else self.settle_timeout)
 
     def state(self) -> DictState:
         ov = Overlay(DictState())
@@ -114,7 +127,7 @@ def _addr(v: Any, what: str) -> bytes:
 def parse_genesis(doc: Any) -> Genesis:
     if not isinstance(doc, dict):
         raise GenesisError(BAD_GENESIS, "genesis must be a JSON object")
-    unknown = set(doc) - _KEYS
+    unknown = set(doc) - _KEYS - _OPTIONAL_KEYS
     if unknown:
         raise GenesisError(BAD_GENESIS, f"unknown keys {sorted(unknown)}")
     missing = _KEYS - set(doc)
@@ -151,7 +164,8 @@ def parse_genesis(doc: Any) -> Genesis:
         interval_seconds=_int(doc, "interval_seconds", 1, 86_400),
         timestamp=_int(doc, "timestamp", 0, U64_MAX), authorities=authorities,
         complex_authority=_addr(doc["complex_authority"], "complex_authority"),
-        balances=tuple(sorted(balances.items())))
+        balances=tuple(sorted(balances.items())),
+        settle_timeout=_int(doc, "settle_timeout", 1, MAX_SETTLE_TIMEOUT) if "settle_timeout" in doc else None)
 
 
 def load_genesis(path: str | Path) -> Genesis:

@@ -16,7 +16,7 @@ chain_finalizedNumber()        the same (BFT finality: committed = final)
 chain_getBalance(address)      balance as a decimal string (uint256)
 chain_getNonce(address)        next nonce, counting the sender's pending run
 chain_waitFinal(h, timeout_s)  status object, once final or at the timeout (<= 60 s)
-chain_getEscrow(fill_id)       escrow or settlement of a fill, or null
+chain_getEscrow(fill_id)       escrow, settlement or reclaim of a fill, or null
 chain_status()                 height, round, peers, validators up, counters
 =============================  =====================================================
 
@@ -39,7 +39,8 @@ from gateway.jsonrpc import INVALID_PARAMS, JsonRpcServer, Method, RpcError, par
 
 from .crypto import parse_address
 from .mempool import MEMPOOL_FULL, SENDER_LIMIT
-from .state import decode_escrow, decode_settled, escrow_key, get_account, settled_key
+from .state import (decode_escrow, decode_reclaimed, decode_settled, escrow_key, get_account, reclaimed_key,
+                    settled_key)
 from .tx import MAX_TX_SIZE, TYPE_NAMES
 
 if TYPE_CHECKING:
@@ -83,6 +84,8 @@ class Rpc:
         self.methods: dict[str, Method] = {
             name[4:]: getattr(self, name) for name in dir(self) if name.startswith("rpc_chain_")
         }
+        from .anchor_rpc import anchor_methods   # checkpoint signatures, headers, tx proofs (issue 7)
+        self.methods.update(anchor_methods(node))
         if node.cfg.debug_rpc:
             self.methods["debug_setPartitioned"] = self.rpc_debug_setPartitioned
 
@@ -194,6 +197,10 @@ class Rpc:
             st = decode_settled(raw)
             return {"fillId": _hex(fid), "status": "settled", "deliveredWh": st.delivered_wh,
                     "payment": str(st.payment), "refund": str(st.refund)}
+        raw = store.get(reclaimed_key(fid))
+        if raw is not None:
+            rc = decode_reclaimed(raw)
+            return {"fillId": _hex(fid), "status": "reclaimed", "taker": _hex(rc.taker), "refund": str(rc.refund)}
         return None
 
     async def rpc_chain_status(self, params: Any) -> dict[str, Any]:

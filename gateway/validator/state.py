@@ -9,6 +9,7 @@ Keys (prefix byte + fixed-width fields) and values::
     'I' grid | intervalStart  -> evidence root 32                  (settled intervals)
     'C' height u64            -> block hash | state root           (checkpoints)
     'K'                       -> height u64                         (last checkpoint)
+    'R' fill id               -> taker 20 | refund u256             (reclaimed fills: escrow refunded)
 
 A fill's id is its order's EIP-712 digest: the same on this chain and on the
 EVM exchange, known to maker and taker before the fill lands.
@@ -37,11 +38,13 @@ from typing import Protocol
 from .crypto import keccak256
 
 ACCOUNT, ORDER, ESCROW, SETTLED, INTERVAL, CHECKPOINT, LAST_CHECKPOINT = b"A", b"O", b"E", b"S", b"I", b"C", b"K"
+RECLAIMED = b"R"
 FILLED, CANCELLED = b"\x01", b"\x02"
 
 _ACCOUNT = ACCOUNT_RECORD = struct.Struct(">32sQ")
 _ESCROW = ESCROW_RECORD = struct.Struct(">20s20s32sQQ32s")
 _SETTLED = struct.Struct(">Q32s32s")
+_RECLAIMED = struct.Struct(">20s32s")
 _U64 = struct.Struct(">Q")
 
 
@@ -134,6 +137,10 @@ def settled_key(fill_id: bytes) -> bytes:
     return SETTLED + fill_id
 
 
+def reclaimed_key(fill_id: bytes) -> bytes:
+    return RECLAIMED + fill_id
+
+
 def interval_key(grid: bytes, interval_start: int) -> bytes:
     return INTERVAL + grid + _U64.pack(interval_start)
 
@@ -170,6 +177,21 @@ def encode_settled(s: Settled) -> bytes:
 def decode_settled(raw: bytes) -> Settled:
     wh, pay, ref = _SETTLED.unpack(raw)
     return Settled(wh, int.from_bytes(pay, "big"), int.from_bytes(ref, "big"))
+
+
+@dataclass(frozen=True)
+class Reclaimed:
+    taker: bytes
+    refund: int
+
+
+def encode_reclaimed(r: Reclaimed) -> bytes:
+    return _RECLAIMED.pack(r.taker, r.refund.to_bytes(32, "big"))
+
+
+def decode_reclaimed(raw: bytes) -> Reclaimed:
+    taker, refund = _RECLAIMED.unpack(raw)
+    return Reclaimed(taker, int.from_bytes(refund, "big"))
 
 
 def get_last_checkpoint(view: StateView) -> int:

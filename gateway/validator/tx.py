@@ -11,6 +11,7 @@ Signed transaction = body || signature (65 bytes r || s || v, v in {27, 28}, low
                               count x (fillId 32 | deliveredWh u64 | payment u256 | refund u256),
                               fill ids strictly ascending
             | checkpoint (5): height u64 | blockHash 32 | stateRoot 32
+            | reclaim    (6): fillId 32   (anyone may send it; the escrow goes back to the fill's taker)
 
 The sender signs ``keccak256(0x19 'M' || body)``: the 0x19 prefix keeps it
 apart from Ethereum transactions (RLP or EIP-2718 type < 0x7f) and the 'M'
@@ -39,8 +40,9 @@ from .errors import (BAD_FIELD, BAD_LENGTH, NON_CANONICAL, ORDER_BAD_SIGNATURE, 
                      TRUNCATED, UNKNOWN_TYPE, WRONG_CHAIN_ID, DecodeError)
 from .order import SIGNED_ORDER_SIZE, Domain, SignedOrder, order_signer
 
-TRANSFER, FILL, CANCEL, SETTLE, CHECKPOINT = 1, 2, 3, 4, 5
-TYPE_NAMES = {TRANSFER: "transfer", FILL: "fill", CANCEL: "cancel", SETTLE: "settle", CHECKPOINT: "checkpoint"}
+TRANSFER, FILL, CANCEL, SETTLE, CHECKPOINT, RECLAIM = 1, 2, 3, 4, 5, 6
+TYPE_NAMES = {TRANSFER: "transfer", FILL: "fill", CANCEL: "cancel", SETTLE: "settle", CHECKPOINT: "checkpoint",
+              RECLAIM: "reclaim"}
 
 MAX_TX_SIZE = 65536
 MAX_SETTLE_ENTRIES = 512
@@ -51,7 +53,7 @@ SIG_SIZE = 65
 SETTLE_HEAD = struct.Struct(">32sQ32sH")  # grid, interval start, evidence root, count
 SETTLE_ENTRY_SIZE = 32 + 8 + 32 + 32
 _U64 = struct.Struct(">Q")
-_FIXED_PAYLOAD = {TRANSFER: 52, FILL: SIGNED_ORDER_SIZE, CANCEL: 32, CHECKPOINT: 72}
+_FIXED_PAYLOAD = {TRANSFER: 52, FILL: SIGNED_ORDER_SIZE, CANCEL: 32, CHECKPOINT: 72, RECLAIM: 32}
 
 
 @dataclass(frozen=True)
@@ -93,8 +95,16 @@ class Checkpoint:
     state_root: bytes
 
 
-Payload = Union[Transfer, Fill, Cancel, SettleBatch, Checkpoint]
-_TYPE_OF = {Transfer: TRANSFER, Fill: FILL, Cancel: CANCEL, SettleBatch: SETTLE, Checkpoint: CHECKPOINT}
+@dataclass(frozen=True)
+class Reclaim:
+    """Refund an unsettled fill's whole escrow to its taker once the settle timeout has passed
+    (docs/chain.md, "Reclaim"): the way out when the interval never gets settled."""
+    fill_id: bytes
+
+
+Payload = Union[Transfer, Fill, Cancel, SettleBatch, Checkpoint, Reclaim]
+_TYPE_OF = {Transfer: TRANSFER, Fill: FILL, Cancel: CANCEL, SettleBatch: SETTLE, Checkpoint: CHECKPOINT,
+            Reclaim: RECLAIM}
 
 
 @dataclass(frozen=True)
@@ -186,6 +196,10 @@ def _encode_payload(p: Payload) -> bytes:
                                for e in p.entries)
     if isinstance(p, Checkpoint):
         return _U64.pack(p.height) + p.block_hash + p.state_root
+    if isinstance(p, Reclaim):
+        if len(p.fill_id) != 32:
+            raise ValueError("a fill id is 32 bytes")
+        return p.fill_id
     raise TypeError(f"not a payload: {p!r}")
 
 
@@ -254,6 +268,8 @@ def decode_tx(raw: bytes) -> Tx:
             payload = Transfer(to, int.from_bytes(raw[off + 20:off + 52], "big"))
         elif kind == CANCEL:
             payload = Cancel(int.from_bytes(raw[off:off + 32], "big"))
+        elif kind == RECLAIM:
+            payload = Reclaim(raw[off:off + 32])
         else:
             payload = Checkpoint(_U64.unpack_from(raw, off)[0], raw[off + 8:off + 40], raw[off + 40:off + 72])
     return Tx(chain_id, sender, nonce, payload)

@@ -25,6 +25,7 @@ from gateway.validator.order import ZERO_ADDRESS, Domain, Order, SignedOrder, gr
 
 CHAIN_ID = 31337
 INTERVAL = 900
+SETTLE_TIMEOUT = 7 * 86_400
 SUPPLY = 10**9 * 10**18
 U64_MAX = (1 << 64) - 1
 U256_MAX = (1 << 256) - 1
@@ -165,7 +166,7 @@ def make_env(node: Anvil, artefacts: dict[str, Any], deployer: PrivateKey | None
     authority, maker, taker = new_key(), new_key(), new_key()
     fund(node, deployer, authority, maker, taker)
     token = deploy(w3, artefacts, token_name, deployer, cs(deployer), SUPPLY)
-    exchange = deploy(w3, artefacts, "Exchange", deployer, token.address, cs(authority), INTERVAL)
+    exchange = deploy(w3, artefacts, "Exchange", deployer, token.address, cs(authority), INTERVAL, SETTLE_TIMEOUT)
     env = Env(w3, node, token, exchange, Domain(CHAIN_ID, bytes.fromhex(exchange.address[2:])), deployer,
               authority, maker, taker)
     env.ok(token.functions.transfer(cs(taker), 1000 * 10**18), deployer)
@@ -293,7 +294,8 @@ def test_bad_signatures_rejected(env: Env) -> None:
 
 
 def test_replay_across_contracts_rejected(env: Env, artefacts: dict[str, Any]) -> None:
-    second = deploy(env.w3, artefacts, "Exchange", env.deployer, env.token.address, cs(env.authority), INTERVAL)
+    second = deploy(env.w3, artefacts, "Exchange", env.deployer, env.token.address, cs(env.authority), INTERVAL,
+                    SETTLE_TIMEOUT)
     env.ok(env.token.functions.approve(second.address, U256_MAX), env.taker)
     signed = sign_order(env.order(), env.domain, env.maker)  # for the first exchange
     env.reject(env.fill_fn(signed, second), env.taker, "order_bad_signature")

@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from gateway.validator.errors import GenesisError
-from gateway.validator.genesis import load_genesis, parse_genesis
+from gateway.validator.crypto import keccak256
+from gateway.validator.genesis import DEFAULT_SETTLE_TIMEOUT, load_genesis, parse_genesis
 from gateway.validator.state import get_account, total_money
 
 from .kit import START_BALANCE, USERS, addr, genesis_doc
@@ -40,6 +41,11 @@ def test_load_round_trip(tmp_path: Path) -> None:
     lambda d: d.update(balances={"0x" + "11" * 20: str(2**256)}),
     lambda d: d.update(verifying_contract="nope"),
     lambda d: d.update(interval_seconds=0),
+    lambda d: d.update(settle_timeout=0),
+    lambda d: d.update(settle_timeout=-1),
+    lambda d: d.update(settle_timeout=True),
+    lambda d: d.update(settle_timeout="604800"),
+    lambda d: d.update(settle_timeout=10**12),
 ])
 def test_bad_genesis_is_refused(edit) -> None:
     d = genesis_doc()
@@ -55,3 +61,19 @@ def test_unreadable_file(tmp_path: Path) -> None:
         load_genesis(tmp_path / "g.json")
     with pytest.raises(GenesisError):
         load_genesis(tmp_path / "missing.json")
+
+
+def test_settle_timeout_is_optional_and_an_old_file_keeps_its_hash() -> None:
+    """A genesis written before reclaim existed loads with the default timeout, and its hash (the parent
+    of block 0, hence every block hash of a running chain) is the hash of its canonical JSON as it was."""
+    old = genesis_doc()
+    assert "settle_timeout" not in old
+    g = parse_genesis(old)
+    assert g.settle_timeout is None and g.params().settle_timeout == DEFAULT_SETTLE_TIMEOUT == 604_800
+    assert g.hash == keccak256(json.dumps(old, sort_keys=True, separators=(",", ":")).encode())
+    assert "settle_timeout" not in g.to_json()
+    new = parse_genesis({**old, "settle_timeout": 3600})
+    assert new.params().settle_timeout == 3600 and new.to_json()["settle_timeout"] == 3600
+    assert parse_genesis(new.to_json()) == new and new.hash != g.hash  # a chain parameter: in the hash
+    explicit = parse_genesis({**old, "settle_timeout": DEFAULT_SETTLE_TIMEOUT})
+    assert explicit.params() == g.params()

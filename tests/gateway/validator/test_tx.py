@@ -13,8 +13,9 @@ from gateway.validator import errors as E
 from gateway.validator.crypto import SECP256K1_N, keccak256, sign_digest
 from gateway.validator.errors import DecodeError
 from gateway.validator.order import Domain
-from gateway.validator.tx import (HEADER_SIZE, MAX_SETTLE_ENTRIES, MAX_TX_SIZE, SIG_PREFIX, Cancel, Checkpoint,
-                                  Settlement, SettleBatch, Tx, decode_tx, sign_tx, verify_batch, verify_tx)
+from gateway.validator.tx import (HEADER_SIZE, MAX_SETTLE_ENTRIES, MAX_TX_SIZE, RECLAIM, SIG_PREFIX, Cancel,
+                                  Checkpoint, Reclaim, Settlement, SettleBatch, Tx, decode_tx, sign_tx, verify_batch,
+                                  verify_tx)
 
 from .kit import CHAIN_ID, CONTRACT, DOMAIN, GRID, addr, fill, key, order, raw_tx, settle, signed, transfer
 
@@ -26,6 +27,7 @@ def samples() -> list[bytes]:
         raw_tx(2, 1, Cancel(2**255 + 3)),
         raw_tx(1, 0, settle([(b"\x01" * 32, 400, 800, 200), (b"\x02" * 32, 0, 0, 1000)])),
         raw_tx(0, 0, Checkpoint(12, b"\xaa" * 32, b"\xbb" * 32)),
+        raw_tx(4, 3, Reclaim(b"\x05" * 32)),
     ]
 
 
@@ -49,7 +51,7 @@ def test_every_type_round_trips_and_verifies() -> None:
 
 
 def test_sizes_are_compact() -> None:
-    assert [len(r) for r in samples()] == [154, 327, 134, 384, 174]
+    assert [len(r) for r in samples()] == [154, 327, 134, 384, 174, 134]
 
 
 def test_sign_tx_refuses_a_foreign_key() -> None:
@@ -141,11 +143,44 @@ def test_mutations_are_rejected_with_a_reason(raw: bytes, edits: list[tuple[int,
 def test_errors_and_results_cross_process_boundaries() -> None:
     raws = samples() + [b"\x07junk"]
     local = verify_batch(raws, CHAIN_ID, CONTRACT)
-    assert [type(x).__name__ for x in local] == ["VerifiedTx"] * 5 + ["DecodeError"]
+    n = len(samples())
+    assert [type(x).__name__ for x in local] == ["VerifiedTx"] * n + ["DecodeError"]
     err = pickle.loads(pickle.dumps(local[-1]))
     assert isinstance(err, DecodeError) and err.reason == E.UNKNOWN_TYPE
     with ProcessPoolExecutor(max_workers=2) as pool:
         remote = list(pool.map(verify_batch, [raws[:3], raws[3:]], [CHAIN_ID] * 2, [CONTRACT] * 2))
     flat = remote[0] + remote[1]
-    assert [x.hash for x in flat[:5]] == [x.hash for x in local[:5]]
-    assert flat[5].reason == E.UNKNOWN_TYPE
+    assert [x.hash for x in flat[:n]] == [x.hash for x in local[:n]]
+    assert flat[n].reason == E.UNKNOWN_TYPE
+
+
+def test_reclaim_layout_is_exactly_one_fill_id() -> None:
+    good = raw_tx(4, 3, Reclaim(b"\x05" * 32))
+    assert good[0] == RECLAIM and good[HEADER_SIZE:HEADER_SIZE + 32] == b"\x05" * 32
+    body = good[:-65]
+    assert reason(resign(body[:-1], 4)) == E.TRUNCATED          # a 31-byte fill id
+    assert reason(resign(body + b"\x00", 4)) == E.BAD_LENGTH    # 33 bytes
+    assert reason(good[:HEADER_SIZE] + good[-65:]) == E.TRUNCATED  # no payload at all
+    with pytest.raises(ValueError):
+        sign_tx(Tx(CHAIN_ID, addr(4), 0, Reclaim(b"\x05" * 31)), key(4))
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.binary(min_size=32, max_size=32), st.integers(0, 2**64 - 1), st.sampled_from([2, 3, 4, 5]),
+       st.binary(max_size=40), st.integers(0, 70))
+def test_hostile_reclaim_bytes(fid: bytes, nonce: int, sender: int, junk: bytes, cut: int) -> None:
+    """Any fill id and nonce round-trips; any truncation or extension of a reclaim is refused with a reason."""
+    raw = raw_tx(sender, nonce, Reclaim(fid))
+    v = verify_tx(raw, DOMAIN)
+    assert v.tx.payload == Reclaim(fid) and v.nonce == nonce and v.sender == addr(sender)
+    body = raw[:-65]
+    for bad in (resign(body[:max(HEADER_SIZE, len(body) - 1 - cut % 32)], sender), resign(body + junk, sender),
+                raw[:len(raw) - 1 - cut]):
+        if bad == raw:
+            continue
+        try:
+            verify_tx(bad, DOMAIN)
+        except DecodeError as exc:
+            assert exc.reason in E.__dict__.values()
+        else:
+            raise AssertionError("a malformed reclaim verified")
