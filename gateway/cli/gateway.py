@@ -36,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gateway_broker.register(gsub)
     from gateway.cli import gateway_status  # status [--json]
     gateway_status.register(gsub)
+    from gateway.cli import gateway_web  # web serve|add-operator (docs/homeowner.md, docs/operator.md)
+    gateway_web.register(gsub)
 
 
 # -- run ------------------------------------------------------------------------------------

@@ -1,0 +1,100 @@
+"""`metanoia gateway web ...`: the homeowner and operator web pages (docs/homeowner.md, docs/operator.md).
+
+- ``serve``: run the pages with uvicorn (no access log of uvicorn's own: it
+  would write pairing links, which hold claim codes; ``gateway.web.access``
+  logs paths without their query).
+- ``add-operator LOGIN``: create an operator account; the password is read
+  from the terminal (or stdin with ``--password-stdin``), never from argv.
+"""
+
+from __future__ import annotations
+
+import argparse
+import getpass
+import logging
+import sys
+import time
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+def register(gsub: argparse._SubParsersAction) -> None:
+    web = gsub.add_parser("web", help="the homeowner and operator web pages")
+    wsub = web.add_subparsers(dest="web_command", metavar="SUBCOMMAND")
+    web.set_defaults(func=lambda _a: (web.print_help(), EXIT_USAGE)[1])
+
+    s = wsub.add_parser("serve", help="serve the pages (Starlette on uvicorn)")
+    s.add_argument("--db", required=True, type=Path, help="the gateway's SQLite database")
+    s.add_argument("--grid", required=True, metavar="ID")
+    s.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    s.add_argument("--public-url", default=None, metavar="URL",
+                   help="the URL homeowners reach (on the QR labels); default http://LISTEN")
+    s.add_argument("--insecure-cookie", action="store_true",
+                   help="session cookie without Secure (only for http:// on 127.0.0.1: tests, the demo)")
+    s.add_argument("--wallet-dir", type=Path, help="the wallet service (manual orders, policy, key export)")
+    s.add_argument("--wallet-secret-file", type=Path, help="its master secret (0600); default $METANOIA_WALLET_SECRET")
+    s.add_argument("--genesis", type=Path, help="the chain's genesis (chain id of manual orders)")
+    s.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret, created 0600)")
+    s.set_defaults(func=cmd_serve)
+
+    a = wsub.add_parser("add-operator", help="create an operator account (utility staff)")
+    a.add_argument("login", help="email or phone number")
+    a.add_argument("--db", required=True, type=Path)
+    a.add_argument("--password-stdin", action="store_true", help="read the password from stdin's first line")
+    a.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret)")
+    a.set_defaults(func=cmd_add_operator)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from gateway.web.app import Web
+    from gateway.web.config import WebConfig, WebConfigError
+    from gateway.web.sealing import SealError
+
+    host, sep, port = args.listen.rpartition(":")
+    if not sep or not port.isdigit():
+        print(f"metanoia gateway web serve: --listen must be HOST:PORT, got {args.listen!r}", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        cfg = WebConfig(db=args.db, grid=args.grid, public_url=args.public_url or f"http://{args.listen}",
+                        cookie_secure=not args.insecure_cookie, wallet_dir=args.wallet_dir,
+                        wallet_secret_file=args.wallet_secret_file, genesis=args.genesis,
+                        secret_file=args.secret_file)
+        web = Web(cfg)
+    except (WebConfigError, SealError, OSError) as exc:
+        print(f"metanoia gateway web serve: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    logging.getLogger("gateway.web").setLevel(logging.INFO)
+    print(f"metanoia gateway web: serving {cfg.public_url} (grid {cfg.grid})", flush=True)
+    uvicorn.run(web.app, host=host or "127.0.0.1", port=int(port), access_log=False, log_level="warning",
+                proxy_headers=False)
+    return EXIT_OK
+
+
+def cmd_add_operator(args: argparse.Namespace) -> int:
+    from gateway import db as gdb
+    from gateway.web.accounts import OPERATOR, AccountError, Accounts
+    from gateway.web.config import Argon2Cost
+    from gateway.web.passwords import AccountInputError, Hasher, normalise_login
+    from gateway.web.sealing import Sealer, SealError, load_or_create_secret
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    else:
+        password = getpass.getpass("password for the operator: ")
+        if getpass.getpass("again: ") != password:
+            print("metanoia gateway web add-operator: the passwords differ", file=sys.stderr)
+            return EXIT_FAILED
+    try:
+        secret_path = args.secret_file or args.db.with_name(args.db.name + ".web-secret")
+        sealer = Sealer(load_or_create_secret(secret_path), b"totp")
+        accounts = Accounts(gdb.connect(args.db), Hasher(Argon2Cost()), sealer)
+        account = accounts.create(normalise_login(args.login), password, OPERATOR, int(time.time()))
+    except (AccountInputError, AccountError, SealError) as exc:
+        print(f"metanoia gateway web add-operator: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"operator {account.login} created (id {account.id}); sign in and turn on two-factor "
+          "authentication before the operator view opens")
+    return EXIT_OK

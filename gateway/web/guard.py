@@ -1,0 +1,139 @@
+"""What stands between the pages and a hostile request: CSRF and Origin checks,
+brute-force limits, security headers, and the counters operators read.
+
+- CSRF: every state-changing request (POST) carries the session's synchronizer
+  token in the form field ``csrf``, compared in constant time; a request whose
+  ``Origin`` (or, without one, ``Sec-Fetch-Site``) says it comes from another
+  site is refused before the token is even looked at.
+- Limits: token buckets (``gateway.market.ratelimit``) per login and per
+  client address for sign-in, per account and per device for claim codes, per
+  account for TOTP codes. Every attempt takes a token.
+- Headers: a CSP without inline scripts or styles, no framing, no referrer
+  (the pairing URL carries a claim code), and ``no-store`` on every page.
+- Access log: method, path without the query (which may hold a claim code),
+  status; uvicorn's own access log is turned off.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import time
+from collections import Counter
+from collections.abc import Awaitable, Callable, MutableMapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from gateway.market.ratelimit import RateLimiter
+from gateway.web.config import Limits
+
+log = logging.getLogger(__name__)
+access_log = logging.getLogger("gateway.web.access")
+
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+       "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
+SECURITY_HEADERS = {
+    "content-security-policy": CSP,
+    "x-frame-options": "DENY",
+    "x-content-type-options": "nosniff",
+    "referrer-policy": "no-referrer",
+    "cross-origin-opener-policy": "same-origin",
+    "permissions-policy": "camera=(), microphone=(), geolocation=()",
+}
+
+
+class Refused(Exception):
+    """A request refused for a security reason: ``status`` and a counter ``reason``."""
+
+    def __init__(self, status: int, reason: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.retry_after = retry_after
+
+
+@dataclass
+class Guard:
+    """The limits and counters of one web application (in memory: a restart refills the buckets)."""
+
+    limits: Limits
+    origin: str
+    clock: Callable[[], float] = time.time
+    counters: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        self._buckets = {name: RateLimiter(*getattr(self.limits, name))
+                         for name in self.limits.__dataclass_fields__}
+
+    def count(self, reason: str) -> None:
+        self.counters[reason] += 1
+        log.warning("web security event: %s", reason)
+
+    def limit(self, name: str, key: str, what: str) -> None:
+        """Take a token from bucket ``name`` for ``key`` or refuse with 429 (counted as ``<what>_rate_limited``)."""
+        bucket = self._buckets[name]
+        if not bucket.allow(key, self.clock()):
+            self.count(f"{what}_rate_limited")
+            wait = max(1.0, bucket.retry_after(key))
+            raise Refused(429, f"{what}_rate_limited", f"Too many attempts. Try again in {int(wait) + 1} s.",
+                          retry_after=wait)
+
+    def check_origin(self, headers: Any) -> None:
+        origin = headers.get("origin")
+        if origin is not None:
+            if origin.lower() != self.origin:
+                self.count("csrf_bad_origin")
+                raise Refused(403, "csrf_bad_origin", "This form was sent from another site.")
+        elif headers.get("sec-fetch-site") not in (None, "same-origin", "none"):
+            self.count("csrf_bad_origin")
+            raise Refused(403, "csrf_bad_origin", "This form was sent from another site.")
+
+    def check_csrf(self, expected: str | None, presented: object) -> None:
+        if not isinstance(presented, str) or not presented:
+            self.count("csrf_missing")
+            raise Refused(403, "csrf_missing", "The form has expired. Reload the page and try again.")
+        if expected is None or not hmac.compare_digest(expected.encode(), presented.encode()):
+            self.count("csrf_mismatch")
+            raise Refused(403, "csrf_mismatch", "The form has expired. Reload the page and try again.")
+
+
+Scope = MutableMapping[str, Any]
+ASGIApp = Callable[[Scope, Callable[[], Awaitable[Any]], Callable[[Any], Awaitable[None]]], Awaitable[None]]
+
+
+class SecurityHeaders:
+    """ASGI middleware: the security headers on every response, ``no-store`` except on
+    /static, HSTS on https, and the query-free access log."""
+
+    def __init__(self, app: ASGIApp, *, https: bool) -> None:
+        self.app = app
+        self.https = https
+
+    async def __call__(self, scope: Scope, receive: Callable[[], Awaitable[Any]],
+                       send: Callable[[Any], Awaitable[None]]) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope.get("path", "")
+        started = time.monotonic()
+        status = [0]
+
+        async def send_with_headers(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+                headers = [(k, v) for k, v in message.get("headers", []) if k.lower() != b"cache-control"
+                           or path.startswith("/static/")]
+                for k, v in SECURITY_HEADERS.items():
+                    headers.append((k.encode(), v.encode()))
+                if not path.startswith("/static/"):
+                    headers.append((b"cache-control", b"no-store"))
+                if self.https:
+                    headers.append((b"strict-transport-security", b"max-age=31536000"))
+                message = dict(message, headers=headers)
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            access_log.info("%s %s %s %.0fms", scope.get("method"), path, status[0],
+                            (time.monotonic() - started) * 1000)
