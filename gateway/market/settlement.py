@@ -6,7 +6,9 @@ stored its evidence root and ``now >= start + interval_s + grace_s``):
 1. **Fills.** The union of the fill sources (``FillSource``: the gateway's records,
    ``ChainFillIndex``: the chain's blocks), each re-read from the chain
    (``chain_getEscrow``): only fills the chain holds in escrow for this grid and
-   interval are settled, with the chain's maker, taker, Wh and NOIA.
+   interval are settled, with the chain's maker, taker, Wh and NOIA. A fill its taker
+   reclaimed after the chain's settle timeout (docs/chain.md, "Reclaim") is recorded
+   as such and left out: the chain would refuse the whole batch (``fill_reclaimed``).
 2. **Delivered Wh, payment, refund** from each household's metered export/import
    (``IntervalEngine.household_intervals``) by the rule of ``settlement_rule``.
 3. **Plan, then submit.** The batch (as the chain client's canonical intent JSON),
@@ -91,7 +93,8 @@ SCHEMA = (
         fill_id          BLOB    NOT NULL CHECK (length(fill_id) = 32),
         grid             TEXT    NOT NULL,
         start            INTEGER NOT NULL,
-        part             INTEGER NOT NULL,          -- -1: found settled on the chain by someone else
+        part             INTEGER NOT NULL,          -- -1: found settled on the chain by someone else,
+                                                    -- -2: reclaimed by its taker (settle timeout)
         maker            BLOB    NOT NULL,
         taker            BLOB    NOT NULL,
         maker_household  TEXT,
@@ -119,6 +122,7 @@ SCHEMA = (
 
 FaultHook = Callable[[str], None]
 FAULT_POINTS = ("planned", "submitted", "final_seen")
+PART_ELSEWHERE, PART_RECLAIMED = -1, -2   # settlement_fills.part of fills this gateway did not settle
 
 
 class SettlementError(Exception):
@@ -263,8 +267,10 @@ class Settler:
         return self.conn.execute("SELECT 1 FROM settlement_batches WHERE grid = ? AND start = ? AND state = "
                                  "'planned'", (self.config.grid, start)).fetchone() is not None
 
-    async def _candidates(self, start: int) -> tuple[list[tuple[FillTerms, FillRecord]], list[tuple[FillRecord, tuple[int, int, int]]]]:
-        """Fills to settle now (with the chain's terms) and fills found already settled by someone else."""
+    async def _candidates(self, start: int) -> tuple[list[tuple[FillTerms, FillRecord]],
+                                                     list[tuple[FillRecord, int, tuple[int, int, int]]]]:
+        """Fills to settle now (with the chain's terms), and fills closed without us: (record, part,
+        (delivered Wh, payment, refund)) for those settled by someone else or reclaimed by their taker."""
         known: dict[bytes, FillRecord] = {}
         for src in self.sources:
             for f in src.fills(self.gid, start):
@@ -275,12 +281,15 @@ class Settler:
             "SELECT fill_id FROM settlement_fills WHERE grid = ? AND start = ? AND state != 'rejected'",
             (self.config.grid, start))}
         todo: list[tuple[FillTerms, FillRecord]] = []
-        elsewhere: list[tuple[FillRecord, tuple[int, int, int]]] = []
+        elsewhere: list[tuple[FillRecord, int, tuple[int, int, int]]] = []
         for fid in sorted(set(known) - live):
             rec = known[fid]
             st = await chain_fill_state(self.client.backend, fid)
             if st.status == "settled" and st.settled is not None:
-                elsewhere.append((rec, st.settled))
+                elsewhere.append((rec, PART_ELSEWHERE, st.settled))
+                continue
+            if st.status == "reclaimed" and st.reclaimed is not None:
+                elsewhere.append((rec, PART_RECLAIMED, (0, 0, st.reclaimed)))
                 continue
             esc = st.escrow
             if st.status != "escrowed" or esc is None:
@@ -338,12 +347,13 @@ class Settler:
             c.execute("INSERT INTO settlement_intervals (grid, start, interval_s, state, updated_ms) VALUES "
                       "(?, ?, ?, 'open', ?) ON CONFLICT (grid, start) DO UPDATE SET state = 'open', "
                       "updated_ms = excluded.updated_ms", (g, start, self.config.interval_s, now))
-            for rec, (dwh, pay, ref) in elsewhere:
-                c.execute("INSERT OR IGNORE INTO settlement_fills VALUES (?,?,?,-1,?,?,?,?,?,?,?,?,?, 'final')",
-                          (rec.fill_id, g, start, rec.maker, rec.taker, rec.maker_household, rec.taker_household,
-                           rec.wh, str(rec.noia), dwh, str(pay), str(ref)))
-                log.warning("settle %s %d: fill %s was already settled on the chain by someone else", g, start,
-                            rec.fill_id.hex())
+            for rec, where, (dwh, pay, ref) in elsewhere:
+                c.execute("INSERT OR IGNORE INTO settlement_fills VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?, 'final')",
+                          (rec.fill_id, g, start, where, rec.maker, rec.taker, rec.maker_household,
+                           rec.taker_household, rec.wh, str(rec.noia), dwh, str(pay), str(ref)))
+                log.warning("settle %s %d: fill %s was %s on the chain; left out", g, start, rec.fill_id.hex(),
+                            "already settled by someone else" if where == PART_ELSEWHERE else
+                            "reclaimed by its taker after the settle timeout")
             if allocs:
                 c.execute("UPDATE settlement_intervals SET root = ?, root_version = ?, leaf_count = ? WHERE grid = ? "
                           "AND start = ?", (root, version, leaves, g, start))

@@ -9,7 +9,8 @@
   is found even if the gateway's records missed it. Households come from a
   ``HouseholdDirectory`` (address -> household; the wallet knows it).
 - ``chain_fill_state``: what the chain says about one fill id (escrowed, with the
-  chain's maker, taker, Wh and NOIA; settled, with its amounts; or unknown).
+  chain's maker, taker, Wh and NOIA; settled, with its amounts; reclaimed by its
+  taker after the settle timeout, with the refund; or unknown).
 
 Settlement always re-reads each fill's escrow from the chain before building a batch:
 the chain is the source of truth for what was escrowed.
@@ -121,7 +122,7 @@ class TradesFillSource:
 
 # ---- the chain's view of one fill ----
 
-FillStatus = Literal["escrowed", "settled", "unknown"]
+FillStatus = Literal["escrowed", "settled", "reclaimed", "unknown"]
 
 
 @dataclass(frozen=True)
@@ -130,6 +131,7 @@ class ChainFill:
     status: FillStatus
     escrow: EscrowInfo | None = None                    # when escrowed
     settled: tuple[int, int, int] | None = None         # (delivered Wh, payment, refund) when settled
+    reclaimed: int | None = None                        # the refund to the taker when reclaimed
 
 
 def _int(v: Any) -> int:
@@ -157,7 +159,7 @@ def rpc_of(backend: ChainBackend) -> RpcCall | None:
 
 
 async def chain_fill_state(backend: ChainBackend, fill_id: bytes) -> ChainFill:
-    """Escrowed / settled / unknown, read from the chain (``chain_getEscrow`` on the bundled node)."""
+    """Escrowed / settled / reclaimed / unknown, read from the chain (``chain_getEscrow`` on the bundled node)."""
     call = rpc_of(backend)
     if call is None:  # a backend without the raw call: settled and unknown look alike
         esc = await backend.escrow(fill_id)
@@ -168,6 +170,8 @@ async def chain_fill_state(backend: ChainBackend, fill_id: bytes) -> ChainFill:
     if res.get("status") == "settled":
         return ChainFill(fill_id, "settled", None,
                          (_int(res["deliveredWh"]), _int(res["payment"]), _int(res["refund"])))
+    if res.get("status") == "reclaimed":
+        return ChainFill(fill_id, "reclaimed", reclaimed=_int(res["refund"]))
     return ChainFill(fill_id, "escrowed", EscrowInfo(
         fill_id, _hexb(res["maker"]), _hexb(res["taker"]), _int(res["noia"]), _int(res["wh"]),
         _int(res.get("intervalStart", res.get("interval_start"))), _hexb(res["grid"])))
