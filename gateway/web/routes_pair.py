@@ -65,16 +65,12 @@ def _checked(web: Web, account_id: int, device_id: bytes, claim: str) -> DeviceR
     return rec
 
 
-def _homeowner(web: Web, request: Request) -> tuple[Visit, Response | None]:
-    v = web.visit(request)
-    if v.account is not None and v.account.is_operator:
-        raise Refused(403, "wrong_role", "Operators do not pair meters; sign in as the homeowner.")
-    return v, None
-
-
 async def pair(request: Request) -> Response:
     web = web_of(request)
-    v, _ = _homeowner(web, request)
+    v = web.visit(request)
+    if v.account is not None and v.account.is_operator:
+        web.guard.count("wrong_role")
+        raise Refused(403, "wrong_role", "Operators do not pair meters; sign in as the homeowner.")
     if request.method == "POST":
         return await _confirm(web, request, v)
     device_id, claim = _link(request.query_params.get("d"), request.query_params.get("c"))
@@ -99,6 +95,9 @@ async def _confirm(web: Web, request: Request, v: Visit) -> Response:
     device_id, claim = _link(form.get("d"), form.get("c"))
     account = v.account
     rec = _checked(web, account.id, device_id, claim)
+    if rec.household is not None:
+        web.guard.count("pair_claim_used")
+        raise Refused(409, "claim_used", "This meter is already paired.")
     store = web.store()
     try:
         with transaction(store.conn):
