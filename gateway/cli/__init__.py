@@ -11,7 +11,7 @@ import importlib
 import logging
 import sys
 
-COMMANDS = ("demo", "meter", "device", "telemetry", "bench", "gateway", "evidence", "validator", "peer", "oracle", "wallet", "indexer", "settle", "market", "recs", "aggregate")
+COMMANDS = ("demo", "meter", "device", "telemetry", "bench", "gateway", "evidence", "validator", "peer", "oracle", "wallet", "indexer", "settle", "market", "recs", "aggregate", "chain")
 
 
 def build_parser() -> argparse.ArgumentParser:

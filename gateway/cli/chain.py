@@ -1,0 +1,142 @@
+"""``metanoia chain``: anchor the bundled side chain to a main chain, and verify against the anchors.
+
+- ``chain anchor --rpc SIDE_URL... --main-rpc URL --registry ADDR --key FILE [--every N]``: the relayer
+  (gateway/anchor/relayer.py), until SIGINT/SIGTERM, or ``--rounds N``.
+- ``chain verify --checkpoint --rpc SIDE_URL --main-rpc URL --registry ADDR --block H [--tx HASH] [--json]``:
+  exit 0 when the block (and the tx) are covered by an anchored checkpoint, 1 when the proof fails (the
+  reason says where), 2 on bad arguments.
+
+Other chain sub-commands register from their own modules into ``SUBCOMMANDS`` (one line each).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import importlib
+import json
+import logging
+import signal
+import sys
+from pathlib import Path
+
+SUBCOMMANDS: tuple[str, ...] = ()     # more ``gateway.cli.<module>`` with register_chain(subparsers)
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("chain", help="main-chain anchoring of the bundled chain: anchor, verify")
+    cs = c.add_subparsers(dest="chain_command", metavar="ACTION", required=True)
+
+    a = cs.add_parser("anchor", help="relay checkpoints signed by > 2/3 of the authorities into the registry")
+    a.add_argument("--rpc", nargs="+", required=True, metavar="SIDE_URL", help="the validators' JSON-RPC URLs")
+    a.add_argument("--main-rpc", required=True, metavar="URL", help="the main (EVM) chain's JSON-RPC URL")
+    a.add_argument("--registry", required=True, metavar="ADDR", help="the CheckpointRegistry's address")
+    a.add_argument("--key", type=Path, required=True, help="key file of the main-chain account that pays gas")
+    a.add_argument("--side-key", type=Path, default=None,
+                   help="an authority's key file: also record each anchored checkpoint on the side chain")
+    a.add_argument("--every", type=int, default=10, metavar="N", help="anchor every N final blocks (default 10)")
+    a.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between rounds")
+    a.add_argument("--journal", type=Path, default=Path("anchor.db"),
+                   help="the relayer's crash-safe journal (SQLite; default ./anchor.db)")
+    a.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run)")
+    a.add_argument("--json", action="store_true", help="on exit, one JSON object of counters as the last line")
+    a.set_defaults(func=cmd_anchor)
+
+    v = cs.add_parser("verify", help="prove a side-chain block and tx are covered by an anchored checkpoint")
+    v.add_argument("--checkpoint", action="store_true", required=True,
+                   help="verify against the checkpoints anchored in the registry")
+    v.add_argument("--rpc", required=True, metavar="SIDE_URL", help="a side-chain JSON-RPC URL (not trusted)")
+    v.add_argument("--main-rpc", required=True, metavar="URL", help="the main chain's JSON-RPC URL (trusted)")
+    v.add_argument("--registry", required=True, metavar="ADDR")
+    v.add_argument("--block", type=int, required=True, metavar="HEIGHT")
+    v.add_argument("--tx", default=None, metavar="TXHASH", help="also prove this tx is in the block")
+    v.add_argument("--from-block", type=int, default=0, help="main-chain block to search checkpoint logs from")
+    v.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    v.set_defaults(func=cmd_verify)
+
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"gateway.cli.{name}").register_chain(cs)
+
+
+def _address(text: str) -> bytes:
+    from gateway.validator.crypto import parse_address
+    return parse_address(text)
+
+
+def cmd_anchor(args: argparse.Namespace) -> int:
+    from gateway.anchor.relayer import Relayer, RelayerConfig
+    from gateway.cli.validator import read_key
+
+    try:
+        cfg = RelayerConfig(side_urls=tuple(args.rpc), main_url=args.main_rpc, registry=_address(args.registry),
+                            key=read_key(args.key), journal=args.journal, every=args.every, poll=args.poll,
+                            side_key=read_key(args.side_key) if args.side_key else None)
+        if args.every < 1:
+            raise ValueError("--every must be >= 1")
+    except (ValueError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not logging.getLogger().handlers or logging.getLogger().level > logging.INFO:
+        logging.getLogger("gateway.anchor").setLevel(logging.INFO)
+        logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+    async def main() -> dict[str, int]:
+        relayer = Relayer(cfg)
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            await relayer.run(stop, rounds=args.rounds)
+        finally:
+            await relayer.aclose()
+        return relayer.counters
+
+    counters = asyncio.run(main())
+    if args.json:
+        print(json.dumps({"counters": counters}))
+    return 0
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from gateway.anchor.evm import EvmRpc
+    from gateway.anchor.registry import Registry
+    from gateway.anchor.verify import verify_checkpoint
+    from gateway.chain_client.rpc import JsonRpcClient
+
+    try:
+        registry = _address(args.registry)
+        tx = bytes.fromhex(args.tx.removeprefix("0x")) if args.tx else None
+        if tx is not None and len(tx) != 32:
+            raise ValueError("--tx: a 32-byte hash")
+        if args.block < 1:
+            raise ValueError("--block: a height >= 1 (block 0 is the genesis)")
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> dict[str, object]:
+        evm = EvmRpc(args.main_rpc)
+        side = JsonRpcClient(args.rpc)
+        try:
+            v = await verify_checkpoint(side, Registry(evm, registry), args.block, tx, from_block=args.from_block)
+        finally:
+            await side.aclose()
+            await evm.aclose()
+        return v.to_json()
+
+    out = asyncio.run(main())
+    if out["ok"]:
+        cp = out["checkpoint"]
+        assert isinstance(cp, dict)
+        print(f"block {args.block} ({out['block_hash']}) is covered by the checkpoint at height {cp['height']} "
+              f"({cp['blockHash']}), {out['headers_checked']} headers checked")
+        if isinstance(out.get("tx"), dict):
+            t = out["tx"]
+            print(f"tx {t['hash']} ({t['type']} from {t['sender']}) is in block {args.block}: Merkle proof of "
+                  f"{t['proofLength']} steps checks against its txRoot")
+    else:
+        print(f"NOT VERIFIED: {out['reason']}: {out.get('detail', '')}")
+    if args.json:
+        print(json.dumps(out))
+    return 0 if out["ok"] else 1

@@ -1,0 +1,187 @@
+"""The anchoring rig: 4 real validator processes, anvil as the main chain with the registry, the relayer.
+
+Validators are ``metanoia validator run`` processes (tests/gateway/validator/netkit.py's ``Proc``), the
+main chain is anvil with 1 s blocks (so a submission stays pending for a while: room for kill -9), the
+registry is the compiled CheckpointRegistry deployed for this side chain's genesis hash and
+authorities, and the relayer is ``metanoia chain anchor`` as a process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from web3 import Web3
+
+import gateway.evm.compile as evm_compile
+from gateway.anchor.evm import EvmRpc
+from gateway.anchor.registry import Registry
+from gateway.chain_client.rpc import JsonRpcClient
+from gateway.cli.validator import write_key
+from gateway.evm.anvil import Anvil
+from gateway.validator.crypto import address_of, keccak256, private_key
+from gateway.validator.genesis import parse_genesis
+from tests.evm.test_contracts import cs, deploy, fund
+from tests.gateway.validator import kit
+from tests.gateway.validator.netkit import AUTH_KEYS, Proc, free_ports, genesis_doc
+
+ROOT = Path(__file__).resolve().parents[2]
+BT = 0.25                     # side-chain block time (s)
+MAIN_CHAIN_ID = 1337
+EVERY = 4                     # anchor every 4 final blocks
+RELAYER_KEY = private_key(keccak256(b"anchor-relayer"))
+DEPLOYER = private_key(keccak256(b"anchor-deployer"))
+
+
+class AnchorRig:
+    def __init__(self, tmp: Path, n: int = 4) -> None:
+        self.tmp = tmp
+        doc = genesis_doc(n, BT)
+        self.genesis = parse_genesis(doc)
+        gpath = tmp / "genesis.json"
+        gpath.write_text(json.dumps(doc))
+        ports = free_ports(2 * n)
+        p2p = [("127.0.0.1", ports[i]) for i in range(n)]
+        self.procs = [Proc(tmp, i, gpath, p2p[i], [p for j, p in enumerate(p2p) if j != i], ports[n + i], BT)
+                      for i in range(n)]
+        self.urls = [p.url for p in self.procs]
+        self.anvil = Anvil(chain_id=MAIN_CHAIN_ID, block_time=1)
+        self.relayer: subprocess.Popen[bytes] | None = None
+        self.relayer_key = tmp / "relayer.key"
+        write_key(self.relayer_key, RELAYER_KEY.secret)
+        self.journal = tmp / "anchor.db"
+        self.nonces = {u: 0 for u in kit.USERS}
+        self.txs: list[bytes] = []          # hashes of transfers accepted by the chain
+
+    # ---- lifecycle ----
+
+    def start(self) -> AnchorRig:
+        for p in self.procs:
+            p.start()
+        self.anvil.start()
+        fund(self.anvil, DEPLOYER, RELAYER_KEY)
+        art = evm_compile.compile_contracts()
+        self.w3 = Web3(Web3.HTTPProvider(self.anvil.url))
+        auths = [cs(address_of(k)) for k in AUTH_KEYS[:len(self.procs)]]
+        self.contract = deploy(self.w3, art, "CheckpointRegistry", DEPLOYER, self.genesis.hash, auths)
+        self.registry = bytes.fromhex(self.contract.address[2:])
+        asyncio.run(self._wait_up())
+        return self
+
+    async def _wait_up(self, timeout: float = 60.0) -> None:
+        end = time.monotonic() + timeout
+        for i, url in enumerate(self.urls):
+            async with JsonRpcClient(url, timeout=2) as c:
+                while True:
+                    try:
+                        if await c.call("chain_finalizedNumber") >= 1:
+                            break
+                    except Exception:
+                        pass
+                    if time.monotonic() > end:
+                        raise AssertionError(f"validator {i} not up: {(self.tmp / f'node{i}.log').read_text()[-2000:]}")
+                    await asyncio.sleep(0.1)
+
+    def close(self) -> None:
+        self.stop_relayer()
+        for p in self.procs:
+            p.stop()
+        self.anvil.stop()
+
+    # ---- the relayer process ----
+
+    def relayer_args(self, every: int = EVERY) -> list[str]:
+        return [sys.executable, "-m", "gateway.cli", "chain", "anchor", "--rpc", *self.urls,
+                "--main-rpc", self.anvil.url, "--registry", self.contract.address, "--key", str(self.relayer_key),
+                "--side-key", str(self.tmp / "authority-0.key"), "--every", str(every), "--poll", "0.2",
+                "--journal", str(self.journal)]
+
+    def start_relayer(self) -> None:
+        log = open(self.tmp / "relayer.log", "ab")
+        self.relayer = subprocess.Popen(self.relayer_args(), stdout=log, stderr=log, cwd=ROOT,
+                                        env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+    def kill_relayer(self) -> None:
+        assert self.relayer is not None
+        self.relayer.kill()           # SIGKILL: no handler, no cleanup
+        self.relayer.wait()
+        self.relayer = None
+
+    def stop_relayer(self) -> None:
+        if self.relayer is not None and self.relayer.poll() is None:
+            self.relayer.kill()
+            self.relayer.wait()
+        self.relayer = None
+
+    def relayer_log(self) -> str:
+        p = self.tmp / "relayer.log"
+        return p.read_text()[-3000:] if p.exists() else ""
+
+    def journal_rows(self) -> list[tuple[Any, ...]]:
+        if not self.journal.exists():
+            return []
+        c = sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True, timeout=5)
+        try:
+            return c.execute("SELECT height, state, nonce, tx_hash, side FROM anchor_journal ORDER BY height").fetchall()
+        except sqlite3.OperationalError:   # no table yet
+            return []
+        finally:
+            c.close()
+
+    # ---- main chain ----
+
+    def events(self) -> list[dict[str, Any]]:
+        """Every CheckpointSubmitted, in order."""
+        logs = self.contract.events.CheckpointSubmitted().get_logs(from_block=0)
+        return [dict(e["args"]) | {"tx": e["transactionHash"]} for e in logs]
+
+    def relayer_tx_count(self) -> int:
+        return int(self.w3.eth.get_transaction_count(cs(RELAYER_KEY)))
+
+    def latest(self) -> int:
+        return int(self.contract.functions.latest().call()[0])
+
+    def wait_anchored(self, above: int, timeout: float = 30.0) -> int:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            h = self.latest()
+            if h > above:
+                return h
+            if self.relayer is not None and self.relayer.poll() is not None:
+                raise AssertionError(f"relayer exited: {self.relayer_log()}")
+            time.sleep(0.1)
+        raise AssertionError(f"nothing anchored above {above} in {timeout}s: {self.relayer_log()}")
+
+    def registry_client(self) -> Registry:
+        return Registry(EvmRpc(self.anvil.url), self.registry)
+
+    # ---- side chain ----
+
+    async def call(self, i: int, method: str, *params: Any) -> Any:
+        async with JsonRpcClient(self.urls[i], timeout=5) as c:
+            return await c.call(method, *params)
+
+    async def send_transfers(self, n: int, via: int = 0) -> list[bytes]:
+        """``n`` transfers between the genesis users; returns their hashes once final."""
+        users = list(kit.USERS)
+        out = []
+        async with JsonRpcClient(self.urls[via], timeout=5) as c:
+            for k in range(n):
+                u = users[k % len(users)]
+                to = users[(k + 1) % len(users)]
+                raw = kit.raw_tx(u, self.nonces[u], kit.transfer(to, 1 + k))
+                h = await c.call("chain_sendRawTransaction", "0x" + raw.hex())
+                self.nonces[u] += 1
+                out.append(bytes.fromhex(h[2:]))
+            for h in out:
+                st = await c.call("chain_waitFinal", "0x" + h.hex(), 20)
+                assert st["status"] == "final", st
+        self.txs += out
+        return out
