@@ -99,14 +99,13 @@ async def signin_code(request: Request) -> Response:
     web = web_of(request)
     v = web.visit(request)
     store = web.store()
+    form = await web.form(request, v) if request.method == "POST" else None
     if v.session is None or v.session.stage != MFA or v.session.account_id is None:
         return web.redirect("/signin")
     account = store.accounts.get(v.session.account_id)
     assert account is not None
-    nxt = safe_next(request.query_params.get("next"), "")
-    if request.method == "GET":
-        return web.render(request, v, "signin_code.html", next=nxt)
-    form = await web.form(request, v)
+    if form is None:
+        return web.render(request, v, "signin_code.html", next=safe_next(request.query_params.get("next"), ""))
     nxt = safe_next(form.get("next"), "")
     result = check_code(web, account, form.get("code"))
     if result != "ok":
