@@ -1,0 +1,190 @@
+"""Deploy NoiaToken + Exchange on an EVM chain, and the deployment record the chain client attaches to.
+
+``deploy(url, deployer_key, complex_authority, supply, ...)`` sends the two
+contract creations signed by the deployer (who receives the whole NOIA
+supply, like the genesis balances' holder), waits for their receipts, checks
+the code is there and returns a ``Deployment``. ``write_record`` stores it as
+JSON (``metanoia-evm-deployment/1``, written durably); the backend
+(gateway/chain_client/evm.py) reads it back with ``read_record``: chain id,
+addresses, interval length and the two ABIs (the calls are encoded from these,
+not from a second copy of the Solidity signatures).
+
+``onboard`` readies household accounts, outside the outbox and before it
+first uses them: NOIA from the deployer, ether for gas, and each account's
+``approve(exchange, max)`` so that its fills can escrow. Every tx here is
+signed with an explicit nonce (the account's pending count) and followed to
+its receipt; a failed one raises ``DeployError``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from coincurve import PrivateKey
+from eth_abi import encode as abi_encode
+from eth_account import Account
+from web3 import Web3
+
+from gateway.fsutil import replace_durably
+from gateway.validator.crypto import address_of, keccak256, parse_address, to_checksum
+
+from .abi import constructor_types, functions
+from .compile import compile_contracts
+
+FORMAT = "metanoia-evm-deployment/1"
+U256_MAX = (1 << 256) - 1
+DEPLOY_GAS = 3_000_000
+SETUP_GAS = 100_000
+
+
+class DeployError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True)
+class Deployment:
+    chain_id: int
+    token: bytes
+    exchange: bytes
+    complex_authority: bytes
+    interval_seconds: int
+    settle_timeout: int | None     # None: an Exchange without reclaim
+    block: int                     # the exchange's creation block
+    token_abi: list[dict[str, Any]]
+    exchange_abi: list[dict[str, Any]]
+    solc: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": FORMAT, "chain_id": self.chain_id, "token": to_checksum(self.token),
+                "exchange": to_checksum(self.exchange), "complex_authority": to_checksum(self.complex_authority),
+                "interval_seconds": self.interval_seconds, "settle_timeout": self.settle_timeout,
+                "block": self.block, "solc": self.solc,
+                "abi": {"NoiaToken": self.token_abi, "Exchange": self.exchange_abi}}
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> Deployment:
+        if not isinstance(d, dict) or d.get("format") != FORMAT:
+            raise DeployError(f"not a {FORMAT} record")
+        try:
+            st = d.get("settle_timeout")
+            return cls(int(d["chain_id"]), parse_address(d["token"]), parse_address(d["exchange"]),
+                       parse_address(d["complex_authority"]), int(d["interval_seconds"]),
+                       None if st is None else int(st), int(d["block"]), list(d["abi"]["NoiaToken"]),
+                       list(d["abi"]["Exchange"]), str(d.get("solc", "")))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise DeployError(f"bad deployment record: {exc}") from None
+
+
+def write_record(path: str | Path, dep: Deployment) -> None:
+    replace_durably(path, (json.dumps(dep.to_json(), indent=1) + "\n").encode())
+
+
+def read_record(path: str | Path) -> Deployment:
+    return Deployment.from_json(json.loads(Path(path).read_text()))
+
+
+class _Sender:
+    """Signs with explicit nonces and follows receipts, over web3.py's HTTP provider."""
+
+    def __init__(self, url: str, max_fee: int, priority_fee: int) -> None:
+        self.w3 = Web3(Web3.HTTPProvider(url, request_kwargs={"timeout": 30}))
+        self.chain_id = int(self.w3.eth.chain_id)
+        self.max_fee = max_fee
+        self.priority_fee = priority_fee
+        self._nonces: dict[bytes, int] = {}
+
+    def send(self, key: PrivateKey, to: bytes | None, data: bytes, gas: int, value: int = 0) -> bytes:
+        addr = address_of(key)
+        if addr not in self._nonces:
+            self._nonces[addr] = int(self.w3.eth.get_transaction_count(to_checksum(addr), "pending"))
+        tx: dict[str, Any] = {"type": 2, "chainId": self.chain_id, "nonce": self._nonces[addr], "value": value,
+                              "data": data, "gas": gas, "maxFeePerGas": self.max_fee,
+                              "maxPriorityFeePerGas": self.priority_fee}
+        if to is not None:
+            tx["to"] = to_checksum(to)
+        raw = bytes(Account.sign_transaction(tx, key.secret).raw_transaction)
+        self.w3.eth.send_raw_transaction(raw)
+        self._nonces[addr] += 1
+        return keccak256(raw)
+
+    def wait(self, hashes: list[bytes], timeout: float = 60.0) -> list[Any]:
+        out = []
+        deadline = time.monotonic() + timeout
+        for h in hashes:
+            while True:
+                try:
+                    r = self.w3.eth.get_transaction_receipt(h)
+                    break
+                except Exception:  # web3 raises TransactionNotFound until mined
+                    if time.monotonic() > deadline:
+                        raise DeployError(f"no receipt for 0x{h.hex()} within {timeout} s") from None
+                    time.sleep(0.1)
+            if r["status"] != 1:
+                raise DeployError(f"tx 0x{h.hex()} failed (status 0)")
+            out.append(r)
+        return out
+
+    def wait_finalized(self, height: int, timeout: float = 60.0) -> None:
+        """Until the node's ``finalized`` block reaches ``height`` (no-op on a node without the tag)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fin = self.w3.eth.get_block("finalized")["number"]
+            except Exception:  # no finalized tag here: the chain client counts confirmations instead
+                return
+            if fin >= height:
+                return
+            if time.monotonic() > deadline:
+                raise DeployError(f"block {height} not finalized within {timeout} s (finalized: {fin})")
+            time.sleep(0.1)
+
+
+def deploy(url: str, deployer: PrivateKey, complex_authority: bytes, supply: int, *, interval_seconds: int = 900,
+           settle_timeout: int = 7 * 86_400, max_fee: int = 100 * 10**9, priority_fee: int = 0) -> Deployment:
+    """Create NoiaToken (whole supply to the deployer) and Exchange; returns the record (not yet written)."""
+    art = compile_contracts()
+    tok, ex = art["NoiaToken"], art["Exchange"]
+    s = _Sender(url, max_fee, priority_fee)
+    holder = address_of(deployer)
+    h_tok = s.send(deployer, None, bytes.fromhex(tok["bytecode"][2:])
+                   + abi_encode(constructor_types(tok["abi"]), [to_checksum(holder), supply]), DEPLOY_GAS)
+    (r_tok,) = s.wait([h_tok])
+    token = bytes.fromhex(r_tok["contractAddress"][2:])
+    types = constructor_types(ex["abi"])
+    args: list[Any] = [to_checksum(token), to_checksum(complex_authority), interval_seconds]
+    has_reclaim = len(types) == 4
+    if has_reclaim:
+        args.append(settle_timeout)
+    h_ex = s.send(deployer, None, bytes.fromhex(ex["bytecode"][2:]) + abi_encode(types, args), DEPLOY_GAS)
+    (r_ex,) = s.wait([h_ex])
+    exchange = bytes.fromhex(r_ex["contractAddress"][2:])
+    for addr in (token, exchange):
+        if len(s.w3.eth.get_code(to_checksum(addr))) == 0:
+            raise DeployError(f"no code at {to_checksum(addr)} after deployment")
+    return Deployment(s.chain_id, token, exchange, complex_authority, interval_seconds,
+                      settle_timeout if has_reclaim else None, int(r_ex["blockNumber"]), tok["abi"], ex["abi"],
+                      str(tok.get("solc", "")))
+
+
+def onboard(url: str, dep: Deployment, deployer: PrivateKey, accounts: dict[PrivateKey, int], *,
+            ether: int = 10**18, max_fee: int = 100 * 10**9, priority_fee: int = 0) -> None:
+    """Give each account ``accounts[key]`` NOIA and ``ether`` wei for gas, then approve the exchange;
+    returns once those txs are final (where the node has a ``finalized`` tag)."""
+    s = _Sender(url, max_fee, priority_fee)
+    fns = functions(dep.token_abi)
+    hashes = []
+    for key, noia in accounts.items():
+        a = address_of(key)
+        if ether:
+            hashes.append(s.send(deployer, a, b"", 21_000, value=ether))
+        if noia:
+            hashes.append(s.send(deployer, dep.token, fns["transfer"].call_data(to_checksum(a), noia), SETUP_GAS))
+    s.wait(hashes)
+    rcpts = s.wait([s.send(key, dep.token, fns["approve"].call_data(to_checksum(dep.exchange), U256_MAX), SETUP_GAS)
+                    for key in accounts])
+    # the outbox starts an account at its nonce at the finality point: let these txs be final first
+    s.wait_finalized(max((int(r["blockNumber"]) for r in rcpts), default=0))
