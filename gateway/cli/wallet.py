@@ -1,4 +1,5 @@
-"""``metanoia wallet``: household keys (create, list, export, import), policies, homeowner orders.
+"""``metanoia wallet``: household keys (create, list, export, import), policies, homeowner orders, and
+reclaiming a household's own fill once the chain's settle timeout has passed (``reclaim``).
 
 The operator's master secret comes from ``--secret-file`` (mode 0600) or the
 ``METANOIA_WALLET_SECRET`` environment variable, a homeowner's passphrase from
@@ -61,6 +62,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     ap.add_argument("--to", help="transfer recipient address")
     ap.add_argument("--ttl", type=int, default=3600, help="seconds the order stays usable")
     cmd("spent", "NOIA spent today", cmd_spent)
+    rc = cmd("reclaim", "take back the escrow of one of the household's fills whose interval was never settled "
+                        "(allowed once the genesis's settle_timeout has passed after the interval's end)", cmd_reclaim)
+    rc.add_argument("fill_id", help="the fill id (0x + 64 hex: the order's EIP-712 digest)")
+    rc.add_argument("--rpc", required=True, help="validator JSON-RPC URL")
+    rc.add_argument("--genesis", type=Path, required=True, help="the chain's genesis (chain id, interval, timeout)")
+    rc.add_argument("--outbox", type=Path, help="chain client outbox database (default: DIR/outbox.db)")
+    rc.add_argument("--wait-final", type=float, default=60.0, help="seconds to wait for finality")
 
 
 def _wallet(args: argparse.Namespace):  # type: ignore[no-untyped-def]
@@ -168,3 +176,44 @@ def cmd_approve(args: argparse.Namespace) -> int:
 
 def cmd_spent(args: argparse.Namespace) -> int:
     return _run(args, lambda w: {"household": args.household, "noia_today": str(w.spent_today(args.household))})
+
+
+def cmd_reclaim(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from gateway.chain_client import BundledBackend, ChainClientError, Outbox, OutboxChainClient
+    from gateway.market.reclaim import ReclaimRefused, reclaim_fill
+    from gateway.market.wallet import WalletError, WalletKeyring
+    from gateway.validator.errors import GenesisError
+    from gateway.validator.genesis import load_genesis
+
+    def go(w: Any) -> dict[str, Any]:
+        text = args.fill_id.removeprefix("0x")
+        try:
+            fid = bytes.fromhex(text)
+        except ValueError:
+            fid = b""
+        if len(fid) != 32:
+            raise ValueError(f"not a fill id (0x + 64 hex digits): {args.fill_id!r}")
+        try:
+            g = load_genesis(args.genesis)
+        except GenesisError as exc:
+            raise WalletError(exc.reason, exc.detail) from None
+        taker = w.address(args.household)
+        backend = BundledBackend.from_genesis(args.rpc, g)
+        outbox = Outbox(args.outbox or args.dir / "outbox.db", backend.name)
+
+        async def run() -> dict[str, Any]:
+            async with OutboxChainClient(backend, outbox, WalletKeyring(w)) as client:
+                res = await reclaim_fill(client, taker, fid, g.params(), wait_s=args.wait_final)
+            if not res.receipt.ok:
+                raise ReclaimRefused(res.receipt.reason or "rejected", f"the chain refused tx "
+                                     f"0x{(res.receipt.tx_hash or b'').hex()}")
+            return {"household": args.household, **res.to_json()}
+        try:
+            return asyncio.run(run())
+        except ChainClientError as exc:
+            raise WalletError(exc.reason, exc.detail) from None
+        finally:
+            outbox.close()
+    return _run(args, go)

@@ -51,7 +51,7 @@ from gateway import db as gdb
 from gateway.validator.crypto import ZERO_ADDRESS, address_of, sign_digest, to_checksum
 from gateway.validator.errors import DecodeError
 from gateway.validator.order import Domain, Order, order_signer
-from gateway.validator.tx import Cancel, Fill, Transfer, Tx, sign_tx as _sign_tx
+from gateway.validator.tx import Cancel, Fill, Reclaim, Transfer, Tx, sign_tx as _sign_tx
 
 from . import keystore
 from .intent import Intent
@@ -702,8 +702,8 @@ class Wallet:
             raise SpendRefused(WRONG_CHAIN, f"tx for chain {tx.chain_id}, domain is {domain.chain_id}")
         p = tx.payload
         sign: Callable[[], bytes] = lambda: _sign_tx(tx, unlocked.key)  # noqa: E731
-        if isinstance(p, Cancel):  # withdraws one of its own orders: spends nothing
-            log.info("wallet: signed cancel for %s", household)
+        if isinstance(p, (Cancel, Reclaim)):  # withdraws an order / takes an escrow back: spends nothing
+            log.info("wallet: signed %s for %s", "cancel" if isinstance(p, Cancel) else "reclaim", household)
             return sign()
         if isinstance(p, Fill):
             order = p.signed_order.order

@@ -225,7 +225,7 @@ def _open_escrow(w: StateView, fill_id: bytes) -> Escrow:
 
 def reclaim_deadline(esc: Escrow, params: ChainParams) -> int:
     """The first block time at which ``esc`` may be reclaimed: its interval's end plus the settle timeout."""
-    return esc.interval_start + params.interval_seconds + params.settle_timeout
+    return params.reclaim_deadline(esc.interval_start)
 
 
 def _reclaim(w: Overlay, fill_id: bytes, ctx: BlockContext) -> None:

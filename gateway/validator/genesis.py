@@ -58,6 +58,11 @@ class ChainParams:
     def chain_id(self) -> int:
         return self.domain.chain_id
 
+    def reclaim_deadline(self, interval_start: int) -> int:
+        """The first block time at which a fill delivering in ``interval_start`` may be reclaimed:
+        the interval's end plus the settle timeout (the one definition; execute.py and the wallet use it)."""
+        return interval_start + self.interval_seconds + self.settle_timeout
+
 
 @dataclass(frozen=True)
 class Genesis:

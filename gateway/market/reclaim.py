@@ -1,0 +1,70 @@
+"""A homeowner's way out: take back a fill's escrow when its interval was never settled.
+
+The chain lets anyone reclaim an unsettled fill once its interval ended ``settle_timeout``
+seconds ago (docs/chain.md, "Reclaim"); the money can only go to the taker. The gateway
+offers it to homeowners for *their own* fills: ``reclaim_fill`` reads the escrow from the
+chain, checks that the household is its taker and that the deadline has passed (on the
+gateway's clock; the chain decides on the block time and says ``reclaim_too_early`` if the
+clocks disagree), then submits ``Reclaim`` through the outbox under the idempotency key
+``reclaim:0x{fill id}``, so a repeated request is the same transaction, applied once.
+
+A reclaim spends nothing (the NOIA comes back), so it needs no policy or homeowner
+authorisation beyond the household's wish; ``Wallet.sign_tx`` signs it like a cancel.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from gateway.chain_client import Intent, OutboxChainClient, Receipt
+from gateway.validator.errors import RECLAIM_TOO_EARLY
+from gateway.validator.genesis import ChainParams
+from gateway.validator.tx import Reclaim
+
+from .wallet_policy import WalletError
+
+NOT_ESCROWED = "not_escrowed"   # no escrow on the chain: unknown, settled or already reclaimed
+NOT_TAKER = "not_taker"         # the household did not take this fill: its escrow is not theirs to ask for
+
+
+class ReclaimRefused(WalletError):
+    """The gateway will not submit this reclaim (``reason``: one of the codes above, or ``reclaim_too_early``)."""
+
+
+@dataclass(frozen=True)
+class ReclaimResult:
+    fill_id: bytes
+    refund: int          # the escrow the chain held
+    deadline: int        # first block time at which the chain allows it
+    receipt: Receipt     # final or rejected (with the chain's reason)
+
+    def to_json(self) -> dict[str, object]:
+        r = self.receipt
+        return {"fill_id": "0x" + self.fill_id.hex(), "refund": str(self.refund), "deadline": self.deadline,
+                "status": r.status, "reason": r.reason, "height": r.height,
+                "tx_hash": None if r.tx_hash is None else "0x" + r.tx_hash.hex()}
+
+
+def key_of(fill_id: bytes) -> str:
+    """The outbox idempotency key of a fill's reclaim."""
+    return "reclaim:0x" + fill_id.hex()
+
+
+async def reclaim_fill(client: OutboxChainClient, taker: bytes, fill_id: bytes, params: ChainParams, *,
+                       wait_s: float = 60.0, clock: Callable[[], float] = time.time) -> ReclaimResult:
+    """Reclaim ``fill_id``'s escrow for ``taker`` (a household's address); raises ``ReclaimRefused`` before
+    submitting anything the chain would refuse for a reason the gateway can see."""
+    if len(fill_id) != 32:
+        raise ValueError("a fill id is 32 bytes")
+    esc = await client.escrow(fill_id)
+    if esc is None:
+        raise ReclaimRefused(NOT_ESCROWED, f"no escrow for 0x{fill_id.hex()} (unknown, settled or reclaimed)")
+    if esc.taker != taker:
+        raise ReclaimRefused(NOT_TAKER, "the fill's taker is another account")
+    deadline = params.reclaim_deadline(esc.interval_start)
+    if clock() < deadline:
+        raise ReclaimRefused(RECLAIM_TOO_EARLY, f"reclaimable from {deadline} (unix s)")
+    sid = await client.submit(Intent(key_of(fill_id), taker, Reclaim(fill_id)))
+    return ReclaimResult(fill_id, esc.noia, deadline, await client.wait_final(sid, wait_s))
