@@ -1,8 +1,9 @@
 """Money conservation under any sequence of transactions (hypothesis stateful test).
 
-Random transfers, fills, cancels and settlements, valid or not, go through
+Random transfers, fills, cancels, settlements and reclaims, valid or not, go through
 ``build_block`` one block at a time. After every block: balances + escrows are
-unchanged, every escrow belongs to an unsettled fill, the incremental state
+unchanged, every escrow belongs to a fill neither settled nor reclaimed, and no fill
+is both settled and reclaimed, the incremental state
 root equals the root computed from scratch, and a follower re-executing the
 block agrees (kit.Chain checks that on every block).
 """
@@ -13,8 +14,9 @@ from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, rule
 
-from gateway.validator.state import ESCROW, SETTLED, accumulate, state_root, total_money
-from gateway.validator.tx import Cancel
+from gateway.validator.genesis import DEFAULT_SETTLE_TIMEOUT
+from gateway.validator.state import ESCROW, RECLAIMED, SETTLED, accumulate, state_root, total_money
+from gateway.validator.tx import Cancel, Reclaim
 
 from .kit import COMPLEX, GENESIS_TIME, INTERVAL, START_BALANCE, USERS, Chain, fill, order, settle, transfer, vtx
 
@@ -70,13 +72,25 @@ class ChainMachine(RuleBasedStateMachine):
         self.chain.time += INTERVAL  # both intervals are over by now
         self._send(COMPLEX, settle(entries, interval_start=picks[0][3]))
 
+    @rule(data=st.data(), sender=users, late=st.booleans())
+    def reclaim(self, data: st.DataObject, sender: int, late: bool) -> None:
+        """A known fill or a made-up id; ``late``: first move the clock to the fill's deadline."""
+        if self.fills and data.draw(st.booleans()):
+            fid, _, _, interval = data.draw(st.sampled_from(self.fills))
+            if late:
+                self.chain.time = max(self.chain.time, interval + INTERVAL + DEFAULT_SETTLE_TIMEOUT - 1)
+        else:
+            fid = data.draw(st.binary(min_size=32, max_size=32))
+        self._send(sender, Reclaim(fid))
+
     @invariant()
     def money_is_conserved(self) -> None:
         items = list(self.chain.store.items())
         assert total_money(items) == self.supply
         escrows = {k[1:] for k, _ in items if k[:1] == ESCROW}
         settled = {k[1:] for k, _ in items if k[:1] == SETTLED}
-        assert not escrows & settled
+        reclaimed = {k[1:] for k, _ in items if k[:1] == RECLAIMED}
+        assert not escrows & settled and not escrows & reclaimed and not settled & reclaimed
         assert state_root(accumulate(items)) == self.chain.store.head.state_root
 
 
