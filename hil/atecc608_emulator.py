@@ -21,12 +21,15 @@ Emulated (section numbers of the ATECC608A/B data sheets):
   0xFF), parse errors (0x03) for unknown opcodes and bad params or lengths,
   execution errors (0x0F) for what the lock state or slot config forbids.
 - Commands: Info (Revision, KeyValid), Read (config, OTP, data: private-key and
-  secret slots refused), Random (FF FF 00 00 pattern before the config lock),
+  secret slots refused), Write (config zone in clear, 4 or 32 bytes; bytes 0-15
+  and 84-87 refused, as on the chip), Random (FF FF 00 00 pattern before the config lock),
   Nonce (random and pass-through, TempKey or message digest buffer), GenKey
   (private and public modes; the public-key digest modes are not emulated and
   answer 0x03), Sign (external from TempKey or the message digest buffer; TempKey
   is invalidated after Sign; internal mode needs GenDig data, which this emulator
   never produces, so it answers 0x0F), Lock (config, data, slot; summary CRC).
+- ``blank=True`` (with ``provisioned=False``): a chip as it comes from the
+  distributor, every slot plain data, waiting for its config to be written.
 - Fault injection: ``inject_status``, ``corrupt_next_response``,
   ``corrupt_next_command``, ``nack_next``, ``advance_ms`` (watchdog),
   ``set_locked``.
@@ -67,6 +70,7 @@ _ENODEV = 19  # errno MicroPython's machine.I2C raises for a missing ACK
 N = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 OP_READ = 0x02
+OP_WRITE = 0x12
 OP_NONCE = 0x16
 OP_LOCK = 0x17
 OP_RANDOM = 0x1B
@@ -74,7 +78,7 @@ OP_INFO = 0x30
 OP_GENKEY = 0x40
 OP_SIGN = 0x41
 
-EXEC_MAX_MS = {OP_READ: 5, OP_NONCE: 20, OP_LOCK: 35, OP_RANDOM: 23, OP_INFO: 5,
+EXEC_MAX_MS = {OP_READ: 5, OP_WRITE: 45, OP_NONCE: 20, OP_LOCK: 35, OP_RANDOM: 23, OP_INFO: 5,
                OP_GENKEY: 115, OP_SIGN: 115}
 WATCHDOG_MS = 1300
 
@@ -113,8 +117,10 @@ def crc16(data, start=0, end=None):
     return crc
 
 
-def default_config(serial, revision=b"\x00\x00\x60\x03"):
-    """128 config bytes with our slot layout; zones unlocked (0x55)."""
+def default_config(serial, revision=b"\x00\x00\x60\x03", blank=False):
+    """128 config bytes with our slot layout; zones unlocked (0x55). ``blank``:
+    every slot plain data and ChipMode 0x01 (UserExtraAdd), as a chip arrives
+    from the distributor before anyone has written its config zone."""
     cfg = bytearray(128)
     cfg[0:4] = serial[0:4]
     cfg[4:8] = revision
@@ -122,9 +128,11 @@ def default_config(serial, revision=b"\x00\x00\x60\x03"):
     cfg[14] = 0x01       # I2C_Enable
     cfg[16] = 0xC0       # I2C_Address (8-bit form of 0x60)
     cfg[19] = 0x00       # ChipMode: clock divider M0, short watchdog
+    if blank:
+        cfg[19] = 0x01
     for slot in range(16):
-        sc = SLOT0_CONFIG if slot == 0 else DATA_SLOT_CONFIG
-        kc = SLOT0_KEY_CONFIG if slot == 0 else DATA_KEY_CONFIG
+        sc = SLOT0_CONFIG if slot == 0 and not blank else DATA_SLOT_CONFIG
+        kc = SLOT0_KEY_CONFIG if slot == 0 and not blank else DATA_KEY_CONFIG
         cfg[20 + 2 * slot] = sc & 0xFF
         cfg[21 + 2 * slot] = sc >> 8
         cfg[96 + 2 * slot] = kc & 0xFF
@@ -205,7 +213,7 @@ class ATECC608Emulator:
 
     def __init__(self, address=0x60, serial=None, provisioned=True, ecc=None, rng=None,
                  seed=b"atecc608-emulator", busy_polls=1, revision=b"\x00\x00\x60\x03",
-                 track_alloc=None):
+                 track_alloc=None, blank=False):
         if rng is None:
             rng = SeededRandom(seed)
         self.rng = rng
@@ -215,7 +223,7 @@ class ATECC608Emulator:
             r = rng(6)
             serial = b"\x01\x23" + r[0:2] + r[2:6] + b"\xee"
         self.serial = bytes(serial)
-        self.config = default_config(self.serial, revision)
+        self.config = default_config(self.serial, revision, blank and not provisioned)
         self.otp = bytearray(64)
         self.slots = [bytearray(n) for n in SLOT_SIZES]
         self.key_valid = [False] * 16
@@ -243,7 +251,8 @@ class ATECC608Emulator:
         self.executed = {}        # opcode -> count of executed commands
         self.status_sent = {}     # status byte -> count of status responses
         self.wakes = 0
-        self._dispatch = {OP_INFO: self._info, OP_READ: self._read_cmd, OP_RANDOM: self._random,
+        self._dispatch = {OP_INFO: self._info, OP_READ: self._read_cmd, OP_WRITE: self._write_cmd,
+                          OP_RANDOM: self._random,
                           OP_NONCE: self._nonce, OP_GENKEY: self._genkey, OP_SIGN: self._sign,
                           OP_LOCK: self._lock}
         if provisioned:
@@ -512,6 +521,29 @@ class ATECC608Emulator:
                 return EXEC  # private keys never, secrets not in clear
             return bytes(self.slots[slot][off:off + n])
         return PARSE
+
+    def _write_cmd(self, p1, p2, data):
+        """Write in clear to the config zone (section 11.18); data/OTP writes are not
+        emulated. Bytes 0-15 never change; bytes 84-87 only through UpdateExtra/Lock."""
+        if p1 & 0x7C:
+            return PARSE
+        zone = p1 & 0x03
+        n = 32 if p1 & 0x80 else 4
+        if zone != 0:
+            return PARSE  # data and OTP writes: not emulated
+        if len(data) != n or p2 >> 8:
+            return PARSE
+        block = (p2 >> 3) & 0x1F
+        word = 0 if n == 32 else (p2 & 0x07)
+        if block > 3:
+            return PARSE
+        if self._config_locked():
+            return EXEC
+        off = block * 32 + word * 4
+        if off < 16 or off <= 84 < off + n:
+            return EXEC
+        self.config[off:off + n] = data
+        return OK
 
     def _random(self, mode, p2, data):
         if len(data) or mode > 1 or p2:

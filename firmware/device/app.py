@@ -63,16 +63,19 @@ def open_meter(mcfg):
     return Meter(bus, mcfg["profile"], mcfg.get("unit"))
 
 
+def open_i2c(scfg):
+    """The secure element's bus. 100 kHz: the wake pulse (a write to address 0)
+    must hold SDA low for t_WLO >= 60 us; at 400 kHz it lasts about 20 us and the
+    chip stays asleep."""
+    return machine.I2C(scfg["i2c"], scl=machine.Pin(scfg["scl"]), sda=machine.Pin(scfg["sda"]), freq=100000)
+
+
 def open_signer(scfg):
     """The ATECC608 in production; the software key only where the config says so."""
     if scfg["type"] == "atecc608":
         from secure_sign.atecc608 import ATECC608, ATECC608Signer
 
-        # 100 kHz: the wake pulse (a write to address 0) must hold SDA low for
-        # t_WLO >= 60 us; at 400 kHz it lasts about 20 us and the chip stays asleep.
-        i2c = machine.I2C(scfg["i2c"], scl=machine.Pin(scfg["scl"]), sda=machine.Pin(scfg["sda"]),
-                          freq=100000)
-        return ATECC608Signer(ATECC608(i2c, scfg["address"]), scfg["slot"])
+        return ATECC608Signer(ATECC608(open_i2c(scfg), scfg["address"]), scfg["slot"])
     if scfg["type"] == "software":
         import os
 

@@ -35,6 +35,7 @@ _WA_COMMAND = const(0x03)
 
 # Opcodes (section 11, table 11-1)
 _ATECC_CMD_READ = const(0x02)
+_ATECC_CMD_WRITE = const(0x12)
 _ATECC_CMD_NONCE = const(0x16)
 _ATECC_CMD_LOCK = const(0x17)
 _ATECC_CMD_RANDOM = const(0x1B)
@@ -45,6 +46,7 @@ _ATECC_CMD_SIGN = const(0x41)
 # Maximum execution times in ms, ChipMode clock divider M0 (table 11-3)
 _EXEC_MAX_MS = {
     _ATECC_CMD_READ: 5,
+    _ATECC_CMD_WRITE: 45,
     _ATECC_CMD_NONCE: 20,
     _ATECC_CMD_LOCK: 35,
     _ATECC_CMD_RANDOM: 23,
@@ -87,6 +89,19 @@ CFG_LOCK_CONFIG = const(87)  # configuration zone
 CFG_SLOT_LOCKED = const(88)  # 2 bytes, bit i clear = slot i locked
 CFG_SLOT_CONFIG = const(20)  # 16 x 2 bytes LE
 CFG_KEY_CONFIG = const(96)   # 16 x 2 bytes LE
+CFG_CHIP_MODE = const(19)    # clock divider, watchdog, TTL, I2C address source
+# Config words (4 bytes) the Write command may change: bytes 0-15 (serial number,
+# revision, I2C enable) never, bytes 84-87 (UserExtra, LockValue, LockConfig)
+# only through UpdateExtra and Lock (section 2.2, table 2-5).
+WRITABLE_CONFIG_WORDS = tuple(w for w in range(4, 32) if w != 21)
+
+# Production slot configuration (docs/secure-element.md). The device key slot:
+# SlotConfig 0x0081 (external Sign only, IsSecret, no GenKey/PrivWrite once the
+# data zone is locked), KeyConfig 0x0013 (Private, PubInfo, P-256); ChipMode 0x00
+# (clock divider M0: the execution times polled for; 1.3 s watchdog).
+KEY_SLOT_CONFIG = const(0x0081)
+KEY_KEY_CONFIG = const(0x0013)
+CHIP_MODE = const(0x00)
 _LOCKED = const(0x00)
 
 _T_WHI_US = const(1500)   # wake high delay before first communication
@@ -408,6 +423,12 @@ class ATECC608:
         if cfg[CFG_LOCK_VALUE] != _LOCKED:
             raise ATECCNotLockedError("data zone is not locked")
 
+    def write_config_word(self, word, data):
+        """Write (section 11.18) one 4-byte word of the unlocked config zone, in clear."""
+        if word not in WRITABLE_CONFIG_WORDS or len(data) != 4:
+            raise ValueError("config word 4..31 except 21, 4 bytes")
+        self._command(_ATECC_CMD_WRITE, _ZONE_CONFIG, config_address(word >> 3, word & 7), data, 4)
+
     def random(self):
         """Random (section 11.13): 32 bytes from the chip's DRBG (a fixed pattern
         FF FF 00 00 ... while the config zone is unlocked)."""
@@ -475,6 +496,36 @@ def slot_is_p256_private(cfg, slot):
     """True if KeyConfig marks ``slot`` as a P-256 private key (Private=1, KeyType=4)."""
     kc = cfg[CFG_KEY_CONFIG + 2 * slot] | (cfg[CFG_KEY_CONFIG + 2 * slot + 1] << 8)
     return (kc & 0x01) == 1 and ((kc >> 2) & 0x07) == 4
+
+
+def production_config(cfg, slot=0):
+    """``cfg`` (128 bytes) with the production slot layout for the key ``slot`` and
+    ChipMode; every other byte (I2C address, counters, other slots) as it was."""
+    want = bytearray(cfg)
+    want[CFG_CHIP_MODE] = CHIP_MODE
+    want[CFG_SLOT_CONFIG + 2 * slot] = KEY_SLOT_CONFIG & 0xFF
+    want[CFG_SLOT_CONFIG + 2 * slot + 1] = KEY_SLOT_CONFIG >> 8
+    want[CFG_KEY_CONFIG + 2 * slot] = KEY_KEY_CONFIG & 0xFF
+    want[CFG_KEY_CONFIG + 2 * slot + 1] = KEY_KEY_CONFIG >> 8
+    return want
+
+
+def configure(chip, slot=0):
+    """Write the production layout into an unlocked config zone, word by word where
+    it differs, read it back and compare. Returns the config read back; does not
+    lock (``provision`` locks with this config's CRC). The chip must be awake."""
+    cfg = chip.read_config()
+    if cfg[CFG_LOCK_CONFIG] == _LOCKED:
+        raise ATECCExecutionError("configuration zone is already locked")
+    want = production_config(cfg, slot)
+    for w in WRITABLE_CONFIG_WORDS:
+        o = 4 * w
+        if cfg[o:o + 4] != want[o:o + 4]:
+            chip.write_config_word(w, want[o:o + 4])
+    got = chip.read_config()
+    if got != want:
+        raise ATECCConfigError("config zone reads back differently from what was written")
+    return got
 
 
 def provision(chip, slot=0):
