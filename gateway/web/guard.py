@@ -8,7 +8,7 @@ brute-force limits, security headers, and the counters operators read.
 - Limits: token buckets (``gateway.market.ratelimit``) per login and per
   client address for sign-in, per account and per device for claim codes, per
   account for TOTP codes. Every attempt takes a token.
-- Headers: a CSP without inline scripts or styles, no framing, no referrer
+- Headers: a CSP without inline scripts or styles, no framing, the referrer only to ourselves
   (the pairing URL carries a claim code), and ``no-store`` on every page.
 - Access log: method, path without the query (which may hold a claim code),
   status; uvicorn's own access log is turned off.
@@ -36,7 +36,7 @@ SECURITY_HEADERS = {
     "content-security-policy": CSP,
     "x-frame-options": "DENY",
     "x-content-type-options": "nosniff",
-    "referrer-policy": "no-referrer",
+    "referrer-policy": "same-origin",  # never to another site (a pairing URL holds a claim code); no-referrer would make browsers send "Origin: null" on our own forms
     "cross-origin-opener-policy": "same-origin",
     "permissions-policy": "camera=(), microphone=(), geolocation=()",
 }
