@@ -35,7 +35,8 @@ class DeviceRow:
     household: str | None          # None until paired
     registry: str                  # active | revoked
     profile: str | None
-    state: str                     # online | offline (retained state / last will) | never_seen
+    state: str                     # online | offline (retained state / last will) | unknown (readings, no
+                                   # state message yet) | never_seen (nothing at all)
     online: bool                   # state online AND a reading within Sources.stale_s
     fw: str | None                 # firmware version from the state message
     state_since: float | None      # unix s (gateway clock) the device entered its state
@@ -243,11 +244,15 @@ def resources(conn: sqlite3.Connection, grid: str, interval_s: int, days: int = 
     return out
 
 
-async def operator_view(cx: Complex, now: float | None = None, *, settlements_limit: int = 48) -> OperatorView:
-    """Everything the operator page shows (the caller has checked the operator role)."""
+async def operator_view(cx: Complex, now: float | None = None, *, day: float | None = None,
+                        settlements_limit: int = 48) -> OperatorView:
+    """Everything the operator page shows (the caller has checked the operator role).
+
+    ``now``: the gateway clock (a device is offline when its last reading arrived more than
+    ``Sources.stale_s`` before it); ``day``: any time in the KST day to chart (default: now's)."""
     now = time.time() if now is None else now
     src = cx.sources
-    d0 = kst_day_start(now)
+    d0 = kst_day_start(now if day is None else day)
     with cx.db() as conn:
         st, devs = devices(conn, src.gateway_db, src.grid, now, src.stale_s)
         bal = balance(conn, src.grid, d0, d0 + 86400, src.interval_s)
