@@ -114,10 +114,15 @@ class AnchorRig:
         self.relayer.wait()
         self.relayer = None
 
-    def stop_relayer(self) -> None:
+    def stop_relayer(self, graceful: bool = False) -> None:
+        """kill -9, or SIGTERM: the relayer finishes its round (follows its submission to a receipt)."""
         if self.relayer is not None and self.relayer.poll() is None:
-            self.relayer.kill()
-            self.relayer.wait()
+            if graceful:
+                self.relayer.terminate()
+                self.relayer.wait(60)
+            else:
+                self.relayer.kill()
+                self.relayer.wait()
         self.relayer = None
 
     def relayer_log(self) -> str:

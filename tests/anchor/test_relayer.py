@@ -1,0 +1,148 @@
+"""``metanoia chain anchor`` as a process against 4 validator processes and anvil with the registry.
+
+Checkpoints get anchored while transfers flow, each one the block every validator holds at that height,
+and recorded on the side chain as a ``checkpoint`` transaction; a relayer killed with kill -9 (while a
+submission is pending, or between journalling and sending) never anchors a height twice nor wastes a
+transaction; with one validator down anchoring goes on with 3 of 4 signatures.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from gateway.anchor.journal import ANCHORED
+from gateway.anchor.relayer import Relayer, RelayerConfig
+from gateway.validator.crypto import address_of
+from gateway.validator.tx import CHECKPOINT, decode_tx
+from tests.gateway.validator.netkit import AUTH_KEYS
+
+from .rig import EVERY, RELAYER_KEY, AnchorRig
+
+
+def _no_double_anchoring(rig: AnchorRig) -> list[dict]:
+    """Every registry entry once, heights increasing, each the journalled tx of its height, and not one
+    wasted main-chain tx of the relayer (the relayer may be running: its last row may still be ``signed``)."""
+    sent_before = rig.relayer_tx_count()
+    rows = rig.journal_rows()
+    ev = rig.events()
+    sent_after = rig.relayer_tx_count()
+    heights = [e["height"] for e in ev]
+    assert heights == sorted(set(heights)), heights
+    journalled = {r[0]: (r[1], bytes(r[3])) for r in rows}
+    for e in ev:
+        assert journalled[e["height"]][1] == bytes(e["tx"])
+    assert {h for h, (st, _) in journalled.items() if st == ANCHORED} <= set(heights)
+    assert all(st in (ANCHORED, "signed") for st, _ in journalled.values()), rows
+    assert sent_before <= len(ev) <= sent_after      # a double submission would have cost a (reverted) tx
+    assert sorted(r[2] for r in rows) == list(range(len(rows)))   # account nonces 0, 1, 2, ...: one per height
+    return ev
+
+
+def test_checkpoints_anchored_while_transactions_flow(rig: AnchorRig) -> None:
+    rig.start_relayer()
+    first = rig.latest()
+
+    async def load_until_anchored(n: int) -> None:
+        while len([e for e in rig.events() if e["height"] > first]) < n:
+            await rig.send_transfers(6, via=len(rig.txs) % 4)
+    asyncio.run(asyncio.wait_for(load_until_anchored(3), 60))
+    ev = _no_double_anchoring(rig)
+    assert len(ev) >= 3 and all(e["signatures"] >= 3 for e in ev)
+    for a, b in zip(ev, ev[1:]):
+        assert b["height"] >= a["height"] + EVERY
+
+    async def check_side() -> None:
+        for e in ev:     # each anchored checkpoint is the block every validator holds at that height
+            for i in range(4):
+                blk = await rig.call(i, "chain_getBlockByNumber", e["height"])
+                assert (blk["hash"], blk["stateRoot"]) == ("0x" + e["blockHash"].hex(), "0x" + e["stateRoot"].hex())
+        # ... and is recorded on the side chain by the authority key, as a checkpoint tx (outbox: may lag)
+        want = {e["height"] for e in ev[:2]}
+        end = time.monotonic() + 20
+        while True:
+            seen: dict[int, bytes] = {}
+            top = await rig.call(0, "chain_finalizedNumber")
+            for n in range(1, top + 1):
+                for raw in (await rig.call(0, "chain_getBlockByNumber", n, True))["transactions"]:
+                    tx = decode_tx(bytes.fromhex(raw[2:]))
+                    if tx.type == CHECKPOINT:
+                        assert tx.sender == address_of(AUTH_KEYS[0])
+                        assert tx.payload.height not in seen
+                        seen[tx.payload.height] = tx.payload.block_hash
+            if want <= set(seen):
+                break
+            assert time.monotonic() < end, f"side chain recorded {sorted(seen)}, want {sorted(want)}"
+            await asyncio.sleep(0.3)
+        for e in ev:
+            if e["height"] in seen:
+                assert seen[e["height"]] == e["blockHash"]
+    asyncio.run(check_side())
+    txs_in_blocks = asyncio.run(rig.call(0, "chain_getTxProof", "0x" + rig.txs[-1].hex()))
+    assert txs_in_blocks is not None
+
+
+def test_relayer_killed_mid_submission_never_double_anchors(rig: AnchorRig) -> None:
+    if rig.relayer is None:
+        rig.start_relayer()
+    rig.wait_anchored(rig.latest())
+    # kill -9 while a submission is journalled and not yet mined (anvil mines once a second)
+    end = time.monotonic() + 30
+    killed_at = None
+    while killed_at is None:
+        assert time.monotonic() < end, "never saw a pending submission"
+        pending = [r for r in rig.journal_rows() if r[1] == "signed"]
+        if pending:
+            rig.kill_relayer()
+            killed_at = pending[0][0]
+        time.sleep(0.01)
+    rig.start_relayer()
+    h = rig.wait_anchored(killed_at)
+    rig.wait_anchored(h)                 # and it goes on after the recovered one
+    ev = _no_double_anchoring(rig)
+    assert [e["height"] for e in ev].count(killed_at) == 1
+
+
+def test_crash_between_journal_and_send_is_recovered_from_the_journal(rig: AnchorRig) -> None:
+    """The relayer died after fsyncing its signed tx and before sending it: the restarted relayer sends
+    exactly those bytes (same hash, same nonce)."""
+    rig.stop_relayer(graceful=True)
+    assert not [r for r in rig.journal_rows() if r[1] != ANCHORED]
+    cfg = RelayerConfig(side_urls=tuple(rig.urls), main_url=rig.anvil.url, registry=rig.registry,
+                        key=RELAYER_KEY.secret, journal=rig.journal, every=EVERY)
+
+    async def prepare_only() -> tuple[int, bytes]:
+        r = Relayer(cfg)
+        try:
+            await r.start()
+            latest = await r.registry.latest()
+            target = await r.validators.anchorable_height(4)
+            while target <= latest.height:
+                await asyncio.sleep(0.1)
+                target = await r.validators.anchorable_height(4)
+            e = await r.prepare(target)
+            return e.height, e.tx_hash
+        finally:
+            await r.aclose()
+    height, tx_hash = asyncio.run(prepare_only())
+    assert rig.latest() < height and rig.relayer_tx_count() == len(rig.events())   # nothing sent
+    rig.start_relayer()
+    rig.wait_anchored(height - 1)
+    ev = _no_double_anchoring(rig)
+    (mine,) = [e for e in ev if e["height"] == height]
+    assert bytes(mine["tx"]) == tx_hash
+
+
+def test_anchoring_continues_with_one_validator_down(rig: AnchorRig) -> None:
+    if rig.relayer is None:
+        rig.start_relayer()
+    rig.procs[3].kill()
+    try:
+        down_at = rig.latest()
+        h = rig.wait_anchored(down_at, timeout=40)
+        h = rig.wait_anchored(h, timeout=40)
+        ev = [e for e in _no_double_anchoring(rig) if e["height"] > down_at]
+        assert ev and ev[-1]["height"] == h and all(e["signatures"] == 3 for e in ev)
+    finally:
+        rig.procs[3].start()
+        asyncio.run(rig._wait_up())
