@@ -236,6 +236,7 @@ class EvmBackend:
         height = self._qty(rc["blockNumber"], "receipt.blockNumber")
         block_hash = self._data(rc["blockHash"], "receipt.blockHash", 32)
         status = self._qty(rc["status"], "receipt.status")
+        gas_used = self._qty(rc["gasUsed"], "receipt.gasUsed")
         if status not in (0, 1):
             raise self._bad("receipt.status", rc["status"])
         if height > await self.finalized_number():
@@ -246,7 +247,7 @@ class EvmBackend:
             return ChainTxStatus("pending")
         if status == 1:
             return ChainTxStatus("final", height)
-        reason, detail = await self._revert(tx_hash, height, self._qty(rc["gasUsed"], "receipt.gasUsed"))
+        reason, detail = await self._revert(tx_hash, height, gas_used)
         log.info("evm tx 0x%s reverted at %d: %s (%s)", tx_hash.hex(), height, reason, detail)
         return ChainTxStatus("rejected", height, reason)
 

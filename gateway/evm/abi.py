@@ -24,8 +24,12 @@ class AbiFunction:
         return self.selector + abi_encode(self.inputs, list(args))
 
     def decode_result(self, data: bytes) -> tuple[Any, ...]:
-        """Strict: raises (eth-abi's exceptions) on data that is not exactly the outputs' encoding."""
-        return tuple(abi_decode(self.outputs, data, strict=True))
+        """Strict: raises on data that is not exactly the outputs' canonical encoding (eth-abi alone
+        accepts trailing bytes)."""
+        out = tuple(abi_decode(self.outputs, data, strict=True))
+        if abi_encode(self.outputs, list(out)) != data:
+            raise ValueError(f"{self.name}: not the canonical encoding of its outputs")
+        return out
 
 
 def functions(abi: list[dict[str, Any]]) -> dict[str, AbiFunction]:
