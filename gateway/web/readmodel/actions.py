@@ -104,7 +104,7 @@ def place_manual_order(cx: Complex, household: str, side: object, interval_start
 
 
 async def cancel_manual_order(cx: Complex, household: str, order_id: object, chain: ChainClient | None = None, *,
-                              timeout: float = 30.0) -> ManualOrderRow:
+                              timeout: float = 30.0, now: float | None = None) -> ManualOrderRow:
     """Withdraw an order; a signed (firm) one is cancelled on the chain through ``chain``."""
     h = _household(cx, household)
     if cx.domain is None:
@@ -114,7 +114,7 @@ async def cancel_manual_order(cx: Complex, household: str, order_id: object, cha
     with cx.db() as conn:
         assert cx.wallet is not None
         orders = ManualOrders(conn, cx.wallet, cx.sources.grid, cx.domain, trades=TradeLog(conn),
-                              interval_s=cx.sources.interval_s)
+                              interval_s=cx.sources.interval_s, clock=time.time if now is None else lambda: now)
         try:
             return await orders.cancel(order_id, h, chain, timeout=timeout)
         except (OrderError, WalletError) as e:

@@ -219,16 +219,20 @@ def policy_view(cx: Complex, household: str) -> tuple[PolicyView | None, str | N
                       p.reserve_wh, p.interval_wh, Decimal(p.daily_noia) / NOIA_UNITS), None
 
 
-def manual_orders(cx: Complex, conn: sqlite3.Connection, household: str) -> list[ManualOrderRow]:
-    """The household's manual orders, their state brought up to date by the market's own rule (filled, expired)."""
+def manual_orders(cx: Complex, conn: sqlite3.Connection, household: str, now: float) -> list[ManualOrderRow]:
+    """The household's manual orders, newest first, their state brought up to date by the market's own rule
+    (filled once a trade comes from one, expired once its interval started at ``now``)."""
     if "manual_orders" not in tables(conn) or cx.wallet is None or cx.domain is None:
         return []
-    mo = ManualOrders(conn, cx.wallet, cx.sources.grid, cx.domain, trades=TradeLog(conn))
+    mo = ManualOrders(conn, cx.wallet, cx.sources.grid, cx.domain, trades=TradeLog(conn),
+                      interval_s=cx.sources.interval_s, clock=lambda: now)
     return list(reversed(mo.list(household)))
 
 
 async def household_view(cx: Complex, household: str, now: float | None = None) -> HouseholdView:
-    """Everything the household page shows, for ``household`` only (already authenticated by the caller)."""
+    """Everything the household page shows, for ``household`` only (already authenticated by the caller).
+
+    ``now``: the gateway's clock (default the wall clock): today, this month, the age of the last reading."""
     try:
         check_household(household)
     except ReadModelError as e:
@@ -249,7 +253,7 @@ async def household_view(cx: Complex, household: str, now: float | None = None) 
         today = Totals(d0, sum(i.import_wh for i in day), sum(i.export_wh for i in day), sum(i.pv_wh for i in day))
         fills = tuple(fill_views(conn, src.all_outboxes, src.grid, household, won_per_noia=src.won_per_noia))
         bill = bill_view(cx, conn, household, now)
-        orders = tuple(manual_orders(cx, conn, household))
+        orders = tuple(manual_orders(cx, conn, household, now))
         recs = rec_view(conn, src.grid, household)
     policy, policy_error = policy_view(cx, household)
     addr = household_address(src, household)
