@@ -115,13 +115,18 @@ def check_header_chain(headers: list[Header], start: int, anchored: Anchored) ->
         raise AnchorError(STATE_ROOT_MISMATCH, f"header {top.height} state root {_hex(top.state_root)}")
 
 
-async def check_tx(rpc: JsonRpcClient, tx_hash: bytes, header: Header) -> dict[str, Any]:
-    """The tx's inclusion in ``header``'s block, from a proof the side chain serves; returns its summary."""
+async def fetch_tx_proof(rpc: JsonRpcClient, tx_hash: bytes) -> dict[str, Any]:
+    """The side chain's inclusion proof for ``tx_hash`` (not trusted: ``check_tx`` checks it)."""
     p = await _side(rpc, "chain_getTxProof", _hex(tx_hash))
     if p is None:
         raise AnchorError(TX_UNKNOWN, f"the side chain has no final tx {_hex(tx_hash)}")
     if not isinstance(p, dict) or not isinstance(p.get("proof"), list):
         raise AnchorError(BAD_RESPONSE, "chain_getTxProof: expected an object with a proof list")
+    return p
+
+
+def check_tx(p: dict[str, Any], tx_hash: bytes, header: Header) -> dict[str, Any]:
+    """The tx's inclusion in ``header``'s block, from the proof ``p``; returns the tx's summary."""
     raw = _bytes(p.get("tx"), "tx")
     if keccak256(raw) != tx_hash:
         raise AnchorError(TX_HASH_MISMATCH, f"the returned tx hashes to {_hex(keccak256(raw))}")
@@ -144,11 +149,23 @@ async def check_tx(rpc: JsonRpcClient, tx_hash: bytes, header: Header) -> dict[s
             "nonce": tx.nonce, "index": p.get("index"), "proofLength": len(proof)}
 
 
-async def verify_checkpoint(side: JsonRpcClient, registry: Registry, height: int, tx_hash: bytes | None = None,
-                            *, from_block: int = 0) -> Verdict:
-    """The whole check; a failure is a ``Verdict`` with ``ok`` false and the specific ``reason``."""
-    v = Verdict(ok=False, block=height)
+async def verify_checkpoint(side: JsonRpcClient, registry: Registry, height: int | None,
+                            tx_hash: bytes | None = None, *, from_block: int = 0) -> Verdict:
+    """The whole check; a failure is a ``Verdict`` with ``ok`` false and the specific ``reason``.
+
+    ``height`` None (with a tx): the block the side chain names for the tx; a wrong name cannot pass,
+    since the tx's proof must then check against that block's anchored txRoot."""
+    if height is None and tx_hash is None:
+        raise ValueError("a block height, a tx hash or both")
+    v = Verdict(ok=False, block=height if height is not None else 0)
     try:
+        proof = await fetch_tx_proof(side, tx_hash) if tx_hash is not None else None
+        if height is None:
+            assert proof is not None
+            named = proof.get("blockNumber")
+            if not isinstance(named, int) or isinstance(named, bool) or named < 1:
+                raise AnchorError(BAD_RESPONSE, f"chain_getTxProof: blockNumber {named!r}")
+            height = v.block = named
         anchored = await registry.covering(height, from_block)
         if anchored is None:
             latest = await registry.latest()
@@ -160,8 +177,8 @@ async def verify_checkpoint(side: JsonRpcClient, registry: Registry, height: int
         check_header_chain(headers, height, anchored)
         v.headers_checked = len(headers)
         v.block_hash = _hex(headers[0].hash)
-        if tx_hash is not None:
-            v.tx = await check_tx(side, tx_hash, headers[0])
+        if tx_hash is not None and proof is not None:
+            v.tx = check_tx(proof, tx_hash, headers[0])
         v.ok = True
     except AnchorError as exc:
         v.reason, v.detail = exc.reason, exc.detail

@@ -19,6 +19,7 @@ import logging
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 SUBCOMMANDS: tuple[str, ...] = ()     # more ``gateway.cli.<module>`` with register_chain(subparsers)
 
@@ -48,7 +49,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     v.add_argument("--rpc", required=True, metavar="SIDE_URL", help="a side-chain JSON-RPC URL (not trusted)")
     v.add_argument("--main-rpc", required=True, metavar="URL", help="the main chain's JSON-RPC URL (trusted)")
     v.add_argument("--registry", required=True, metavar="ADDR")
-    v.add_argument("--block", type=int, required=True, metavar="HEIGHT")
+    v.add_argument("--block", type=int, default=None, metavar="HEIGHT",
+                   help="the block to prove (with --tx it may be left out: the block the side chain names)")
     v.add_argument("--tx", default=None, metavar="TXHASH", help="also prove this tx is in the block")
     v.add_argument("--from-block", type=int, default=0, help="main-chain block to search checkpoint logs from")
     v.add_argument("--json", action="store_true", help="one JSON object as the last line")
@@ -109,13 +111,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         tx = bytes.fromhex(args.tx.removeprefix("0x")) if args.tx else None
         if tx is not None and len(tx) != 32:
             raise ValueError("--tx: a 32-byte hash")
-        if args.block < 1:
+        if args.block is None and tx is None:
+            raise ValueError("--block HEIGHT, --tx TXHASH or both")
+        if args.block is not None and args.block < 1:
             raise ValueError("--block: a height >= 1 (block 0 is the genesis)")
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
-    async def main() -> dict[str, object]:
+    async def main() -> dict[str, Any]:
         evm = EvmRpc(args.main_rpc)
         side = JsonRpcClient(args.rpc)
         try:
@@ -129,11 +133,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if out["ok"]:
         cp = out["checkpoint"]
         assert isinstance(cp, dict)
-        print(f"block {args.block} ({out['block_hash']}) is covered by the checkpoint at height {cp['height']} "
+        print(f"block {out['block']} ({out['block_hash']}) is covered by the checkpoint at height {cp['height']} "
               f"({cp['blockHash']}), {out['headers_checked']} headers checked")
-        if isinstance(out.get("tx"), dict):
-            t = out["tx"]
-            print(f"tx {t['hash']} ({t['type']} from {t['sender']}) is in block {args.block}: Merkle proof of "
+        t = out.get("tx")
+        if isinstance(t, dict):
+            print(f"tx {t['hash']} ({t['type']} from {t['sender']}) is in block {out['block']}: Merkle proof of "
                   f"{t['proofLength']} steps checks against its txRoot")
     else:
         print(f"NOT VERIFIED: {out['reason']}: {out.get('detail', '')}")

@@ -16,12 +16,14 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp import web
 
 from gateway.anchor.evm import EvmRpc
 from gateway.anchor.registry import Registry
 from gateway.anchor.verify import Verdict, verify_checkpoint
 from gateway.chain_client.rpc import JsonRpcClient
+from gateway.cli import main as cli_main
 from gateway.jsonrpc import serve
 from gateway.validator.block import HEADER_SIZE
 
@@ -36,7 +38,7 @@ def _flip(hexstr: str, byte: int) -> str:
     return "0x" + b.hex()
 
 
-async def _verify(rig: AnchorRig, height: int, tx: bytes | None, lies: dict[str, Rewrite] | None = None) -> Verdict:
+async def _verify(rig: AnchorRig, height: int | None, tx: bytes | None, lies: dict[str, Rewrite] | None = None) -> Verdict:
     """Verify through a proxy to validator 1 that applies ``lies`` ({method: rewrite}) to its answers."""
     async with aiohttp.ClientSession() as http:
         async def handle(request: web.Request) -> web.Response:
@@ -87,6 +89,8 @@ def test_real_tx_verifies_and_every_lie_fails_with_its_reason(rig: AnchorRig) ->
         assert ok.ok, ok
         assert ok.checkpoint and ok.checkpoint["height"] == c and ok.headers_checked == c - h + 1
         assert ok.tx and ok.tx["type"] == "transfer" and ok.tx["hash"] == "0x" + tx.hex()
+        by_tx = await _verify(rig, None, tx)                     # the block named by the side chain
+        assert by_tx.ok and by_tx.block == h and by_tx.block_hash == ok.block_hash
         assert (await _verify(rig, c, None)).ok                  # the checkpointed block itself
         assert (await _verify(rig, h + 1, None)).ok              # a block between
 
@@ -95,7 +99,7 @@ def test_real_tx_verifies_and_every_lie_fails_with_its_reason(rig: AnchorRig) ->
                 return [_flip(x, byte) if params[0] + i == at else x for i, x in enumerate(headers)]
             return lie
         tx_root, state_root = HEADER_SIZE - 64, HEADER_SIZE - 32
-        cases: list[tuple[str, int, dict[str, Rewrite]]] = [
+        cases: list[tuple[str, int | None, dict[str, Rewrite]]] = [
             ("parent_hash_mismatch", h, {"chain_getHeaders": header_lie(h, tx_root)}),       # a changed txRoot
             ("parent_hash_mismatch", h, {"chain_getHeaders": header_lie(c - 1, 30)}),      # any header between
             ("checkpoint_hash_mismatch", h, {"chain_getHeaders": header_lie(c, state_root)}),
@@ -108,6 +112,9 @@ def test_real_tx_verifies_and_every_lie_fails_with_its_reason(rig: AnchorRig) ->
             # the proof of block h presented as a proof for block h - 1
             ("tx_proof_invalid", h - 1, {"chain_getTxProof": lambda p, r: {**r, "blockNumber": h - 1}}),
             ("tx_unknown", h, {"chain_getTxProof": lambda p, r: None}),
+            # no --block: the side chain names another block for the tx
+            ("tx_proof_invalid", None, {"chain_getTxProof": lambda p, r: {**r, "blockNumber": h - 1}}),
+            ("bad_response", None, {"chain_getTxProof": lambda p, r: {**r, "blockNumber": 0}}),
         ]
         for reason, height, lies in cases:
             v = await _verify(rig, height, tx, lies)
@@ -141,17 +148,19 @@ def _relink(h: int, c: int) -> Rewrite:
     return lie
 
 
-def test_block_above_the_last_checkpoint_is_not_covered_and_cli_json(rig: AnchorRig) -> None:
+def test_block_above_the_last_checkpoint_is_not_covered_and_cli_json(rig: AnchorRig,
+                                                                     capsys: pytest.CaptureFixture[str]) -> None:
     async def go() -> tuple[bytes, int, int]:
         return await _anchored_tx(rig)
     tx, h, c = asyncio.run(go())
     base = [sys.executable, "-m", "gateway.cli", "chain", "verify", "--checkpoint", "--rpc", rig.urls[2],
             "--main-rpc", rig.anvil.url, "--registry", rig.contract.address, "--json"]
-    p = subprocess.run(base + ["--block", str(h), "--tx", "0x" + tx.hex()], capture_output=True, text=True,
-                       cwd=ROOT, timeout=60)
-    assert p.returncode == 0, p.stdout + p.stderr
-    out = json.loads(p.stdout.strip().splitlines()[-1])
-    assert out["ok"] and out["tx"]["hash"] == "0x" + tx.hex() and out["checkpoint"]["height"] == c
+    for args in (["--block", str(h), "--tx", "0x" + tx.hex()], ["--tx", tx.hex()]):
+        p = subprocess.run(base + args, capture_output=True, text=True, cwd=ROOT, timeout=60)
+        assert p.returncode == 0, p.stdout + p.stderr
+        out = json.loads(p.stdout.strip().splitlines()[-1])
+        assert out["ok"] and out["tx"]["hash"] == "0x" + tx.hex() and out["checkpoint"]["height"] == c
+        assert out["block"] == h and f"is in block {h}" in p.stdout
     # a final block above the latest checkpoint: pause the relayer so nothing covers it meanwhile
     assert rig.relayer is not None
     rig.relayer.send_signal(signal.SIGSTOP)
@@ -172,5 +181,7 @@ def test_block_above_the_last_checkpoint_is_not_covered_and_cli_json(rig: Anchor
         assert "NOT VERIFIED: no_checkpoint" in p.stdout
     finally:
         rig.relayer.send_signal(signal.SIGCONT)
-    p = subprocess.run(base + ["--block", "0"], capture_output=True, text=True, cwd=ROOT, timeout=60)
-    assert p.returncode == 2 and "genesis" in p.stderr
+    for args, err in ((["--block", "0"], "genesis"), ([], "--block HEIGHT, --tx TXHASH or both"),
+                      (["--tx", "0x1234"], "32-byte")):
+        assert cli_main(base[3:] + args) == 2
+        assert err in capsys.readouterr().err
