@@ -33,8 +33,10 @@ from gateway import db as gdb
 from gateway.devices import DeviceRegistry
 from gateway.web.accounts import Account, Accounts
 from gateway.web.config import WebConfig
+from gateway.web.formatting import FILTERS
 from gateway.web.guard import Guard, Refused, SecurityHeaders
 from gateway.web.passwords import Hasher
+from gateway.web.readmodel import Complex, Sources
 from gateway.web.sealing import Sealer, load_or_create_secret
 from gateway.web.sessions import ANON, FULL, Session, Sessions
 
@@ -86,13 +88,15 @@ class Web:
         self.templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                                                  autoescape=True))
         self.templates.env.globals["grid"] = config.grid
+        self.templates.env.filters.update(FILTERS)
         self._local = threading.local()
-        self._wallet: Any = None
-        self._wallet_lock = threading.Lock()
+        self._cx: Complex | None = None
+        self._cx_lock = threading.Lock()
         self.cookie_name = "__Host-mn_session" if config.cookie_secure else "mn_session"
         self.store()  # tables exist before the first request
-        from gateway.web import routes_account, routes_household, routes_operator, routes_pair
-        routes = [*routes_account.ROUTES, *routes_pair.ROUTES, *routes_household.ROUTES, *routes_operator.ROUTES,
+        from gateway.web import routes_account, routes_actions, routes_household, routes_operator, routes_pair
+        routes = [*routes_account.ROUTES, *routes_pair.ROUTES, *routes_household.ROUTES, *routes_actions.ROUTES,
+                  *routes_operator.ROUTES,
                   Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
         self.app = Starlette(
             routes=routes, max_body_size=MAX_BODY,
@@ -114,16 +118,23 @@ class Web:
             self._local.store = s
         return s
 
+    def complex(self) -> Complex:
+        """The read model's handle on the complex (the wallet opened once, with the master secret)."""
+        with self._cx_lock:
+            if self._cx is None:
+                c = self.config
+                sources = Sources(grid=c.grid, gateway_db=c.db, wallet_dir=c.wallet_dir, outbox_dbs=c.outbox_dbs,
+                                  validators=c.validators, genesis=c.genesis, tariff=c.tariff, interval_s=c.interval_s)
+                secret = None
+                if c.wallet_dir is not None:
+                    from gateway.market.wallet import load_master_secret
+                    secret = load_master_secret(file=c.wallet_secret_file)
+                self._cx = Complex.open(sources, secret, clock=c.clock)
+        return self._cx
+
     def wallet(self) -> Any:
         """The wallet service (``gateway.market.wallet.Wallet``), or None when not configured."""
-        if self.config.wallet_dir is None:
-            return None
-        with self._wallet_lock:
-            if self._wallet is None:
-                from gateway.market.wallet import Wallet, load_master_secret
-                secret = load_master_secret(file=self.config.wallet_secret_file)
-                self._wallet = Wallet(self.config.wallet_dir, secret, clock=self.config.clock)
-        return self._wallet
+        return self.complex().wallet
 
     def now(self) -> int:
         return int(self.config.clock())

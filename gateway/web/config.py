@@ -55,6 +55,10 @@ class WebConfig:
     wallet_dir: Path | None = None            # the wallet service (manual orders, policy, export)
     wallet_secret_file: Path | None = None    # its master secret (default $METANOIA_WALLET_SECRET)
     genesis: Path | None = None               # the chain's genesis (domain of manual orders)
+    validators: tuple[str, ...] = ()          # JSON-RPC URLs of the bundled chain (balances, chain status)
+    outbox_dbs: tuple[Path, ...] = ()         # chain client outboxes besides the gateway db (fill txs)
+    tariff: str = "residential-low"           # the KEPCO table the bills use
+    interval_s: int = 900
     phone_country: str = "82"                 # a phone number starting with 0 is national
     limits: Limits = field(default_factory=Limits)
     argon2: Argon2Cost = field(default_factory=Argon2Cost)
