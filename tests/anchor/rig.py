@@ -9,15 +9,19 @@ authorities, and the relayer is ``metanoia chain anchor`` as a process.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import sqlite3
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
+import aiohttp
+from aiohttp import web
 from web3 import Web3
 
 import gateway.evm.compile as evm_compile
@@ -26,6 +30,7 @@ from gateway.anchor.registry import Registry
 from gateway.chain_client.rpc import JsonRpcClient
 from gateway.cli.validator import write_key
 from gateway.evm.anvil import Anvil
+from gateway.jsonrpc import serve
 from gateway.validator.crypto import address_of, keccak256, private_key
 from gateway.validator.genesis import parse_genesis
 from tests.evm.test_contracts import cs, deploy, fund
@@ -38,6 +43,32 @@ MAIN_CHAIN_ID = 1337
 EVERY = 4                     # anchor every 4 final blocks
 RELAYER_KEY = private_key(keccak256(b"anchor-relayer"))
 DEPLOYER = private_key(keccak256(b"anchor-deployer"))
+
+
+Rewrite = Callable[[list[Any], Any], Any]    # (params, honest result) -> the lie
+
+
+@contextlib.asynccontextmanager
+async def lying_proxy(url: str, lies: dict[str, Rewrite] | None = None) -> AsyncIterator[str]:
+    """A real HTTP JSON-RPC proxy in front of ``url`` that rewrites the results of the methods in ``lies``;
+    yields its URL."""
+    async with aiohttp.ClientSession() as http:
+        async def handle(request: web.Request) -> web.Response:
+            req = await request.json()
+            async with http.post(url, json=req) as r:
+                body = await r.json()
+            fn = (lies or {}).get(req.get("method"))
+            if fn is not None and "result" in body:
+                body["result"] = fn(req.get("params") or [], body["result"])
+            return web.json_response(body)
+
+        app = web.Application()
+        app.router.add_post("/", handle)
+        runner, (host, port) = await serve(app, "127.0.0.1", 0)
+        try:
+            yield f"http://{host}:{port}/"
+        finally:
+            await runner.cleanup()
 
 
 class AnchorRig:

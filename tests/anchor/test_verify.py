@@ -12,24 +12,18 @@ import json
 import signal
 import subprocess
 import sys
-from collections.abc import Callable
 from typing import Any
 
-import aiohttp
 import pytest
-from aiohttp import web
 
 from gateway.anchor.evm import EvmRpc
 from gateway.anchor.registry import Registry
 from gateway.anchor.verify import Verdict, verify_checkpoint
 from gateway.chain_client.rpc import JsonRpcClient
 from gateway.cli import main as cli_main
-from gateway.jsonrpc import serve
 from gateway.validator.block import HEADER_SIZE
 
-from .rig import ROOT, AnchorRig
-
-Rewrite = Callable[[list[Any], Any], Any]    # (params, honest result) -> the lie
+from .rig import ROOT, AnchorRig, Rewrite, lying_proxy
 
 
 def _flip(hexstr: str, byte: int) -> str:
@@ -38,29 +32,17 @@ def _flip(hexstr: str, byte: int) -> str:
     return "0x" + b.hex()
 
 
-async def _verify(rig: AnchorRig, height: int | None, tx: bytes | None, lies: dict[str, Rewrite] | None = None) -> Verdict:
+async def _verify(rig: AnchorRig, height: int | None, tx: bytes | None,
+                  lies: dict[str, Rewrite] | None = None) -> Verdict:
     """Verify through a proxy to validator 1 that applies ``lies`` ({method: rewrite}) to its answers."""
-    async with aiohttp.ClientSession() as http:
-        async def handle(request: web.Request) -> web.Response:
-            req = await request.json()
-            async with http.post(rig.urls[1], json=req) as r:
-                body = await r.json()
-            fn = (lies or {}).get(req.get("method"))
-            if fn is not None and "result" in body:
-                body["result"] = fn(req.get("params") or [], body["result"])
-            return web.json_response(body)
-
-        app = web.Application()
-        app.router.add_post("/", handle)
-        runner, (host, port) = await serve(app, "127.0.0.1", 0)
+    async with lying_proxy(rig.urls[1], lies) as url:
         evm = EvmRpc(rig.anvil.url)
-        side = JsonRpcClient(f"http://{host}:{port}/")
+        side = JsonRpcClient(url)
         try:
             return await verify_checkpoint(side, Registry(evm, rig.registry), height, tx)
         finally:
             await side.aclose()
             await evm.aclose()
-            await runner.cleanup()
 
 
 async def _anchored_tx(rig: AnchorRig) -> tuple[bytes, int, int]:
