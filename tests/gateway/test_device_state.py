@@ -136,3 +136,42 @@ def test_state_fw_last_will_and_hostile_payloads_through_mosquitto(broker, tmp_p
     finally:
         svc.stop()
         pub.close()
+
+
+def test_the_real_firmware_reports_its_version_and_its_will_marks_it_offline(broker, tmp_path) -> None:
+    """The firmware's own loop (on CPython against the virtual rig) says online with its version; a dropped
+    connection (no DISCONNECT, as a power cut) makes the broker publish its will."""
+    from firmware.device.version import VERSION
+    from gateway.aggregator.ingest import keys_for
+    from gateway.db import open_gateway_db
+    from gateway.devices import DeviceRegistry
+    from hil.device_sim import build_device, wait_for
+    from hil.modbus_rig import RigHousehold, VirtualRig
+    from hil.physics import Household, ManualClock
+
+    clock = ManualClock(time.time())
+    db = tmp_path / "gw.db"
+    with VirtualRig([RigHousehold(Household("fw-1", kwp=3.0, seed=7), meter="sdm630", pace=False)],
+                    clock=clock) as rig:
+        d = build_device("fw-1", rig.endpoints["fw-1"], tmp_path / "fw-1", clock, grid=GRID,
+                         mqtt=(broker.host, broker.port))
+        conn = open_gateway_db(db)
+        DeviceRegistry(conn).add(d.identity() | {"profile": "sdm630"}, claim_code="claim-fw-1")
+        conn.close()
+        cfg = IngestConfig(str(db), GRID, broker.host, broker.port, workers=0, client_id="gw-fw")
+        svc = IngestService(cfg, keys_for(cfg)).start()
+        try:
+            assert wait_until(svc.connected.is_set)
+            clock.advance(60)
+            d.device.sample()
+            d.device.service()
+            assert wait_for(lambda: d.device.acked >= 1, [d], timeout=60)
+            assert wait_until(lambda: (s := _state(db, d)) is not None and s.state == "online")
+            s = _state(db, d)
+            assert s is not None and (s.fw, s.format) == (VERSION, "json")
+            d.device.mqtt.close()
+            assert wait_until(lambda: (s := _state(db, d)) is not None and s.state == "offline")
+            s = _state(db, d)
+            assert s is not None and s.fw == VERSION
+        finally:
+            svc.stop()
