@@ -27,4 +27,9 @@ def units_won_kwh(units_per_wh: int, won_per_noia: int = 1) -> str:
     return f"{Decimal(units_per_wh) * 1000 * won_per_noia / NOIA_UNITS:,.2f}"
 
 
-FILTERS = {"kwh": kwh, "won": won, "noia": noia, "units_won_kwh": units_won_kwh}
+def noia_units(units: int | None) -> str:
+    """NOIA smallest units (10**-18 NOIA) as NOIA."""
+    return "—" if units is None else f"{Decimal(units) / NOIA_UNITS:,.2f}"
+
+
+FILTERS = {"kwh": kwh, "won": won, "noia": noia, "units_won_kwh": units_won_kwh, "noia_units": noia_units}

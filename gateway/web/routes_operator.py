@@ -1,4 +1,8 @@
-"""The operator view of the complex: only accounts with the operator role, signed in with TOTP."""
+"""The operator view of the complex: only accounts with the operator role, signed in with TOTP.
+
+Figures from ``gateway.web.readmodel.operator_view``; the page adds the web
+application's own security counters (sign-in failures, CSRF, rate limits).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +11,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from gateway.web.app import Redirect, web_of
+from gateway.web.readmodel import balance_chart, operator_view
+from gateway.web.routes_household import hhmm, kst
 
 
 async def operator(request: Request) -> Response:
@@ -14,9 +20,10 @@ async def operator(request: Request) -> Response:
     v, account = web.signed_in(request, operator=True)
     if not account.totp_enabled:
         raise Redirect("/account/2fa?next=/operator")
-    devices = web.store().devices.list(web.config.grid)
-    return web.render(request, v, "operator.html", devices=devices,
-                      security=sorted(web.guard.counters.items()))
+    view = await operator_view(web.complex(), web.config.clock())
+    return web.render(request, v, "operator.html", view=view,
+                      chart=balance_chart(view, interval_s=web.config.interval_s),
+                      security=sorted(web.guard.counters.items()), hhmm=hhmm, kst=kst)
 
 
 ROUTES = [Route("/operator", operator)]
