@@ -36,6 +36,15 @@ def test_reclaim_intent_round_trips_as_canonical_json() -> None:
             action_from_json({"kind": "reclaim", "fill_id": bad})
 
 
+@pytest.mark.parametrize("reason", ["fill_reclaimed", "reclaim_too_early"])
+def test_reclaim_reasons_are_known_to_the_client(reason: str) -> None:
+    """Read from data, from a bare data string, or from the ``reason: detail`` message of any code."""
+    from gateway.chain_client import errors as CE
+    for exc in (CE.rpc_error(-32000, "rejected", {"reason": reason}), CE.rpc_error(-32000, "rejected", reason),
+                CE.rpc_error(-32099, f"{reason}: block time 5 < 9")):
+        assert type(exc) is CE.TxRejected and exc.reason == reason
+
+
 def test_reclaim_on_the_real_node_refunds_once_and_closes_the_fill(tmp_path):
     async def go() -> None:
         async with real_node(tmp_path) as (node, g, chain):
