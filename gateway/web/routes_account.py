@@ -115,6 +115,7 @@ async def signin_code(request: Request) -> Response:
 
 
 CODE_ERRORS = {
+    "missing": "Type the 6-digit code from your authenticator app.",
     "bad_code": "That code is not right. Check your phone's clock and try the current code.",
     "replayed": "That code was already used. Wait for the next code (every 30 seconds).",
     "not_enrolled": "Turn on two-factor authentication first.",
@@ -122,7 +123,10 @@ CODE_ERRORS = {
 
 
 def check_code(web: Web, account: Account, code: object) -> str:
-    """Check a TOTP code (rate-limited per account, counted): ``ok`` or the reason."""
+    """Check a TOTP code (rate-limited per account, counted): ``ok`` or the reason. No code at all
+    is not a guess: it costs no attempt."""
+    if not str(code or "").strip():
+        return "missing"
     web.guard.limit("totp_per_account", str(account.id), "totp")
     result = web.store().accounts.check_totp(account, str(code or ""), web.config.clock())
     if result != "ok":

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,9 +26,10 @@ LIGHT_ARGON2 = Argon2Cost(time_cost=1, memory_kib=8192, parallelism=1)
 
 @dataclass
 class Clock:
-    """The app's clock, moved by the test (expiry, TOTP steps)."""
+    """The app's clock, moved by the test (expiry, TOTP steps); starts at the wall clock, as the
+    market's own code (order states) reads the wall clock."""
 
-    t: float = 1_790_000_000.0
+    t: float = field(default_factory=lambda: float(int(time.time())))
 
     def __call__(self) -> float:
         return self.t
@@ -110,3 +112,45 @@ def make_operator(web: Web, login: str = "ops@utility.example") -> User:
     r = post(c, "/signin", {"login": login, "password": PASSWORD})
     assert r.status_code == 303
     return User(c, login)
+
+
+@dataclass
+class Trading:
+    """A gateway with the wallet service and a chain genesis (the market's domain)."""
+
+    web: Web
+    clock: Clock
+    wallet_dir: Path
+    secret_file: Path
+
+
+def make_trading_web(tmp: Path, clock: Clock | None = None) -> Trading:
+    from gateway.cli import main as cli_main
+    from gateway.market.wallet import Wallet, WalletKdf
+
+    clock = clock or Clock()
+    secret_file = tmp / "wallet.secret"
+    secret_file.write_text("a-master-secret-for-the-tests-only\n")
+    secret_file.chmod(0o600)
+    wallet_dir = tmp / "wallet"
+    Wallet(wallet_dir, secret_file.read_bytes().strip(), kdf=WalletKdf.light()).close()  # light scrypt for tests
+    assert cli_main(["validator", "init", "--authorities", "1", "--out", str(tmp / "chain")]) == 0
+    web = make_web(tmp, clock=clock, wallet_dir=wallet_dir, wallet_secret_file=secret_file,
+                   genesis=tmp / "chain" / "genesis.json")
+    return Trading(web, clock, wallet_dir, secret_file)
+
+
+def homeowner(t: Trading, login: str, flat: str) -> tuple[User, str]:
+    """A signed-up homeowner with TOTP on and a paired meter of flat ``flat``: (user, device hex)."""
+    user = signup(t.web, login)
+    enrol(t.web, user, t.clock)
+    device, claim = add_device(t.web, flat)
+    assert pair(user, device, claim).status_code == 200
+    return user, device
+
+
+def add_reading(web: Web, device_hex: str, seq: int, power_w: int, t: int) -> None:
+    """A stored reading as the ingest leaves it (the browser test drives the real ingest)."""
+    web.store().conn.execute(
+        "INSERT INTO readings (device_id, seq, time, import_wh, export_wh, pv_wh, power_w, flags, raw, received_at) "
+        "VALUES (?, ?, ?, 0, 0, 0, ?, 0, x'00', ?)", (bytes.fromhex(device_hex), seq, t, power_w, t * 1000))

@@ -75,10 +75,10 @@ class Sources:
                     **kw: Any) -> Sources:
         """The layout of ``metanoia demo`` / ``hil.market_rig.Market`` under ``folder``."""
         f = Path(folder)
-        genesis = f / "settle" / "genesis.json"
+        written = f / "settle" / "genesis.json"      # Market.settle_files
+        genesis = kw.pop("genesis", None) or (written if written.exists() else None)
         return cls(grid=grid, gateway_db=f / "gateway.db", wallet_dir=f / "market" / "wallet",
-                   outbox_dbs=(f / "market" / "market-outbox.db",), validators=validators,
-                   genesis=genesis if genesis.exists() else kw.pop("genesis", None), **kw)
+                   outbox_dbs=(f / "market" / "market-outbox.db",), validators=validators, genesis=genesis, **kw)
 
     @property
     def all_outboxes(self) -> tuple[Path, ...]:
@@ -117,6 +117,9 @@ class Complex:
 
     @contextmanager
     def db(self) -> Iterator[sqlite3.Connection]:
+        """The gateway database (never created here: a wrong path is an error, not an empty complex)."""
+        if not self.sources.gateway_db.exists():
+            raise self.refuse("no_database", f"{self.sources.gateway_db} does not exist")
         conn = gdb.connect(self.sources.gateway_db)
         try:
             yield conn

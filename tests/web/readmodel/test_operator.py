@@ -110,3 +110,14 @@ def test_an_empty_complex_renders_without_tables(tmp_path) -> None:
     open_gateway_db(tmp_path / "gateway.db").close()
     v = asyncio.run(operator_view(Complex(Sources("empty", tmp_path / "gateway.db")), time.time()))
     assert (v.devices, v.balance, v.settlements, v.outboxes, v.resources, v.chain.up) == ((), (), (), (), (), 0)
+
+
+def test_a_wrong_database_path_is_refused_not_created(tmp_path) -> None:
+    from gateway.web.readmodel import Complex, ReadModelError
+    cx = Complex(Sources("nowhere", tmp_path / "missing" / "gateway.db"))
+    try:
+        asyncio.run(operator_view(cx, time.time()))
+        raise AssertionError("expected a refusal")
+    except ReadModelError as e:
+        assert e.reason == "no_database" and cx.counters["no_database"] == 1
+    assert not (tmp_path / "missing").exists()
