@@ -64,7 +64,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmd("spent", "NOIA spent today", cmd_spent)
     rc = cmd("reclaim", "take back the escrow of one of the household's fills whose interval was never settled "
                         "(allowed once the genesis's settle_timeout has passed after the interval's end)", cmd_reclaim)
-    rc.add_argument("fill_id", help="the fill id (0x + 64 hex: the order's EIP-712 digest)")
+    rc.add_argument("fill_id", nargs="?", help="the fill id (0x + 64 hex: the order's EIP-712 digest)")
+    rc.add_argument("--all", metavar="GATEWAY_DB", type=Path,
+                    help="instead of one fill id: every fill the household bought that the gateway's trades "
+                         "table shows unsettled past its deadline")
     rc.add_argument("--rpc", required=True, help="validator JSON-RPC URL")
     rc.add_argument("--genesis", type=Path, required=True, help="the chain's genesis (chain id, interval, timeout)")
     rc.add_argument("--outbox", type=Path, help="chain client outbox database (default: DIR/outbox.db)")
@@ -180,36 +183,52 @@ def cmd_spent(args: argparse.Namespace) -> int:
 
 def cmd_reclaim(args: argparse.Namespace) -> int:
     import asyncio
+    import time
 
     from gateway.chain_client import BundledBackend, ChainClientError, Outbox, OutboxChainClient
-    from gateway.market.reclaim import ReclaimRefused, reclaim_fill
+    from gateway.db import open_gateway_db
+    from gateway.market.reclaim import ReclaimRefused, reclaim_candidates, reclaim_fill
     from gateway.market.wallet import WalletError, WalletKeyring
     from gateway.validator.errors import GenesisError
     from gateway.validator.genesis import load_genesis
 
     def go(w: Any) -> dict[str, Any]:
-        text = args.fill_id.removeprefix("0x")
-        try:
-            fid = bytes.fromhex(text)
-        except ValueError:
-            fid = b""
-        if len(fid) != 32:
-            raise ValueError(f"not a fill id (0x + 64 hex digits): {args.fill_id!r}")
+        if (args.fill_id is None) == (args.all is None):
+            raise ValueError("give either a fill id or --all GATEWAY_DB")
         try:
             g = load_genesis(args.genesis)
         except GenesisError as exc:
             raise WalletError(exc.reason, exc.detail) from None
+        if args.all is not None:
+            conn = open_gateway_db(args.all)
+            try:
+                fids = reclaim_candidates(conn, args.household, g.params(), time.time())
+            finally:
+                conn.close()
+        else:
+            fids = [_fill_id(args.fill_id)]
         taker = w.address(args.household)
         backend = BundledBackend.from_genesis(args.rpc, g)
         outbox = Outbox(args.outbox or args.dir / "outbox.db", backend.name)
 
-        async def run() -> dict[str, Any]:
-            async with OutboxChainClient(backend, outbox, WalletKeyring(w)) as client:
-                res = await reclaim_fill(client, taker, fid, g.params(), wait_s=args.wait_final)
+        async def one(client: OutboxChainClient, fid: bytes) -> dict[str, Any]:
+            res = await reclaim_fill(client, taker, fid, g.params(), wait_s=args.wait_final)
             if not res.receipt.ok:
                 raise ReclaimRefused(res.receipt.reason or "rejected", f"the chain refused tx "
                                      f"0x{(res.receipt.tx_hash or b'').hex()}")
-            return {"household": args.household, **res.to_json()}
+            return res.to_json()
+
+        async def run() -> dict[str, Any]:
+            async with OutboxChainClient(backend, outbox, WalletKeyring(w)) as client:
+                if args.all is None:
+                    return {"household": args.household, **await one(client, fids[0])}
+                done, refused = [], []
+                for fid in fids:
+                    try:
+                        done.append(await one(client, fid))
+                    except ReclaimRefused as exc:
+                        refused.append({"fill_id": "0x" + fid.hex(), "error": exc.reason})
+                return {"household": args.household, "reclaimed": done, "refused": refused}
         try:
             return asyncio.run(run())
         except ChainClientError as exc:
@@ -217,3 +236,13 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
         finally:
             outbox.close()
     return _run(args, go)
+
+
+def _fill_id(text: str) -> bytes:
+    try:
+        fid = bytes.fromhex(text.removeprefix("0x"))
+    except ValueError:
+        fid = b""
+    if len(fid) != 32:
+        raise ValueError(f"not a fill id (0x + 64 hex digits): {text!r}")
+    return fid

@@ -10,10 +10,13 @@ clocks disagree), then submits ``Reclaim`` through the outbox under the idempote
 
 A reclaim spends nothing (the NOIA comes back), so it needs no policy or homeowner
 authorisation beyond the household's wish; ``Wallet.sign_tx`` signs it like a cancel.
+``reclaim_candidates`` finds a household's fills worth trying in the gateway's ``trades``
+table (bought, final, never settled, deadline passed); the chain still has the last word.
 """
 
 from __future__ import annotations
 
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,6 +26,7 @@ from gateway.validator.errors import RECLAIM_TOO_EARLY
 from gateway.validator.genesis import ChainParams
 from gateway.validator.tx import Reclaim
 
+from .trades import FINAL, TradeLog
 from .wallet_policy import WalletError
 
 NOT_ESCROWED = "not_escrowed"   # no escrow on the chain: unknown, settled or already reclaimed
@@ -68,3 +72,13 @@ async def reclaim_fill(client: OutboxChainClient, taker: bytes, fill_id: bytes, 
         raise ReclaimRefused(RECLAIM_TOO_EARLY, f"reclaimable from {deadline} (unix s)")
     sid = await client.submit(Intent(key_of(fill_id), taker, Reclaim(fill_id)))
     return ReclaimResult(fill_id, esc.noia, deadline, await client.wait_final(sid, wait_s))
+
+
+def reclaim_candidates(conn: sqlite3.Connection, household: str, params: ChainParams, now: float) -> list[bytes]:
+    """Fill ids the household bought (``trades``: state final, so never marked settled) whose reclaim
+    deadline is at or before ``now``, oldest interval first."""
+    TradeLog(conn)  # the table exists
+    latest = int(now) - params.interval_seconds - params.settle_timeout  # deadline <= now <=> start <= latest
+    return [bytes(f) for (f,) in conn.execute(
+        "SELECT fill_id FROM trades WHERE taker_household = ? AND state = ? AND interval_start <= ? "
+        "ORDER BY interval_start, fill_id", (household, FINAL, latest))]

@@ -17,7 +17,9 @@ from pathlib import Path
 import pytest
 
 from gateway.chain_client import BundledBackend, ClientConfig, Intent, Outbox, OutboxChainClient, StaticKeyring
-from gateway.market.reclaim import NOT_ESCROWED, NOT_TAKER, ReclaimRefused, key_of, reclaim_fill
+from gateway.db import open_gateway_db
+from gateway.market.reclaim import NOT_ESCROWED, NOT_TAKER, ReclaimRefused, key_of, reclaim_candidates, reclaim_fill
+from gateway.market.trades import FINAL, Trade, TradeLog
 from gateway.market.wallet import Wallet, WalletKdf, WalletKeyring
 from gateway.market.wallet_policy import ByPolicy
 from gateway.validator.errors import RECLAIM_TOO_EARLY
@@ -38,8 +40,9 @@ def client(db: Path, url: str, g, keyring) -> OutboxChainClient:  # type: ignore
 
 
 async def household_with_fills(tmp: Path, url: str, g, wallet: Wallet) -> tuple[bytes, bytes, bytes, bytes]:  # type: ignore[no-untyped-def]
-    """Fund household h1 and let it fill an old and a current order; plus an old fill by someone else.
-    Returns (h1's address, old fill id, current fill id, someone else's old fill id)."""
+    """Fund household h1 and let it fill an old and a current order (recorded in the gateway's trades table,
+    tmp/gw.db); plus an old fill by someone else. Returns (h1's address, old fill id, current fill id,
+    someone else's old fill id)."""
     h1 = wallet.create("h1")
     dom = g.params().domain
     now_start = int(time.time()) // kit.INTERVAL * kit.INTERVAL
@@ -49,9 +52,15 @@ async def household_with_fills(tmp: Path, url: str, g, wallet: Wallet) -> tuple[
     async with client(tmp / "setup.db", url, g, StaticKeyring([kit.key(i) for i in range(8)])) as c:
         assert (await c.wait_final(await c.submit(Intent("fund", kit.addr(2), Transfer(h1, 10_000))), 20)).ok
         assert (await c.wait_final(await c.submit(Intent("theirs", kit.addr(4), kit.fill(theirs))), 20)).ok
+    conn = open_gateway_db(tmp / "gw.db")
+    trades = TradeLog(conn)
     async with client(tmp / "h1.db", url, g, WalletKeyring(wallet)) as c:
         for o in (old, cur):
-            assert (await c.wait_final(await c.submit(Intent("fill:" + o.digest(dom).hex(), h1, kit.fill(o))), 20)).ok
+            fid = o.digest(dom)
+            trades.record(Trade(fid, "g", o.interval_start, "h5", o.maker, "h1", h1, o.wh, o.noia, "rfq", "agent",
+                                "agent", kit.signed(o), "fill:" + fid.hex(), FINAL))
+            assert (await c.wait_final(await c.submit(Intent("fill:" + fid.hex(), h1, kit.fill(o))), 20)).ok
+    conn.close()
     return h1, old.digest(dom), cur.digest(dom), theirs.digest(dom)
 
 
@@ -88,6 +97,25 @@ def test_a_household_reclaims_its_own_fill_past_the_timeout_and_nothing_else(tmp
     asyncio.run(go())
 
 
+def test_candidates_are_the_households_unsettled_buys_past_the_deadline(tmp_path) -> None:
+    conn = open_gateway_db(tmp_path / "gw.db")
+    trades = TradeLog(conn)
+    p = kit.PARAMS
+    for n, (start, taker, state) in enumerate([(1000 * 900, "h1", FINAL), (1001 * 900, "h1", FINAL),
+                                               (1000 * 900, "h2", FINAL), (999 * 900, "h1", "settled")]):
+        o = kit.order(MAKER, n, interval_start=start)
+        trades.record(Trade(o.digest(kit.DOMAIN), "g", start, "h5", o.maker, taker, kit.addr(3), o.wh, o.noia,
+                            "rfq", "agent", "agent", kit.signed(o), f"fill:{n}", state))
+    first = kit.order(MAKER, 0, interval_start=1000 * 900).digest(kit.DOMAIN)
+    second = kit.order(MAKER, 1, interval_start=1001 * 900).digest(kit.DOMAIN)
+    deadline = p.reclaim_deadline(1000 * 900)
+    assert reclaim_candidates(conn, "h1", p, deadline - 1) == []
+    assert reclaim_candidates(conn, "h1", p, deadline) == [first]
+    assert reclaim_candidates(conn, "h1", p, deadline + 900) == [first, second]
+    assert reclaim_candidates(conn, "h3", p, deadline + 900) == []
+    conn.close()
+
+
 def test_wallet_signs_a_reclaim_without_a_spend(tmp_path) -> None:
     wallet = Wallet(tmp_path / "w", SECRET, kdf=WalletKdf.light())
     try:
@@ -111,20 +139,24 @@ def test_cli_wallet_reclaim(tmp_path) -> None:
             gfile.write_text(json.dumps(g.to_json()))
             env = {**os.environ, "METANOIA_WALLET_SECRET": SECRET.decode()}
 
-            async def cli(fid: bytes) -> tuple[int, dict]:  # type: ignore[type-arg]
+            async def cli(*which: str) -> tuple[int, dict]:  # type: ignore[type-arg]
                 p = await asyncio.create_subprocess_exec(
-                    sys.executable, "-m", "gateway.cli", "wallet", "reclaim", "h1", "0x" + fid.hex(), "--dir",
+                    sys.executable, "-m", "gateway.cli", "wallet", "reclaim", "h1", *which, "--dir",
                     str(tmp_path / "w"), "--rpc", url, "--genesis", str(gfile), "--test-kdf", "--json",
                     "--wait-final", "20", env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
                 out, err = await asyncio.wait_for(p.communicate(), 120)
                 assert SECRET.decode() not in (out + err).decode()
                 return p.returncode or 0, json.loads(out.decode().strip().splitlines()[-1])
 
-            code, doc = await cli(fcur)
+            code, doc = await cli("0x" + fcur.hex())
             assert (code, doc) == (1, {"error": RECLAIM_TOO_EARLY})
-            code, doc = await cli(fold)
-            assert code == 0 and doc["status"] == "final" and doc["refund"] == "6000" and doc["household"] == "h1"
-            code, doc = await cli(fold)
+            assert (await cli())[0] == 1  # neither a fill id nor --all
+            # --all: the household's fills in the trades table past their deadline (the old one only)
+            code, doc = await cli("--all", str(tmp_path / "gw.db"))
+            assert code == 0 and doc["refused"] == [] and doc["household"] == "h1"
+            (one,) = doc["reclaimed"]
+            assert (one["fill_id"], one["status"], one["refund"]) == ("0x" + fold.hex(), "final", "6000")
+            code, doc = await cli("0x" + fold.hex())
             assert (code, doc) == (1, {"error": NOT_ESCROWED})
             async with client(tmp_path / "check.db", url, g, StaticKeyring([])) as c:
                 assert await c.balance(h1) == 10_000 - 1000
