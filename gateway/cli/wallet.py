@@ -186,8 +186,8 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
     import time
 
     from gateway.chain_client import BundledBackend, ChainClientError, Outbox, OutboxChainClient
-    from gateway.db import open_gateway_db
-    from gateway.market.reclaim import ReclaimRefused, reclaim_candidates, reclaim_fill
+    from gateway.db import open_gateway_db, transaction
+    from gateway.market.reclaim import ReclaimRefused, mark_reclaimed, reclaim_candidates, reclaim_fill
     from gateway.market.wallet import WalletError, WalletKeyring
     from gateway.validator.errors import GenesisError
     from gateway.validator.genesis import load_genesis
@@ -199,14 +199,9 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
             g = load_genesis(args.genesis)
         except GenesisError as exc:
             raise WalletError(exc.reason, exc.detail) from None
-        if args.all is not None:
-            conn = open_gateway_db(args.all)
-            try:
-                fids = reclaim_candidates(conn, args.household, g.params(), time.time())
-            finally:
-                conn.close()
-        else:
-            fids = [_fill_id(args.fill_id)]
+        conn = None if args.all is None else open_gateway_db(args.all)
+        fids = [_fill_id(args.fill_id)] if conn is None else reclaim_candidates(conn, args.household, g.params(),
+                                                                                  time.time())
         taker = w.address(args.household)
         backend = BundledBackend.from_genesis(args.rpc, g)
         outbox = Outbox(args.outbox or args.dir / "outbox.db", backend.name)
@@ -228,6 +223,10 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
                         done.append(await one(client, fid))
                     except ReclaimRefused as exc:
                         refused.append({"fill_id": "0x" + fid.hex(), "error": exc.reason})
+                        continue
+                    assert conn is not None
+                    with transaction(conn):
+                        mark_reclaimed(conn, fid)
                 return {"household": args.household, "reclaimed": done, "refused": refused}
         try:
             return asyncio.run(run())
@@ -235,6 +234,8 @@ def cmd_reclaim(args: argparse.Namespace) -> int:
             raise WalletError(exc.reason, exc.detail) from None
         finally:
             outbox.close()
+            if conn is not None:
+                conn.close()
     return _run(args, go)
 
 

@@ -26,7 +26,7 @@ from gateway.validator.errors import RECLAIM_TOO_EARLY
 from gateway.validator.genesis import ChainParams
 from gateway.validator.tx import Reclaim
 
-from .trades import FINAL, TradeLog
+from .trades import FINAL, RECLAIMED, TradeLog
 from .wallet_policy import WalletError
 
 NOT_ESCROWED = "not_escrowed"   # no escrow on the chain: unknown, settled or already reclaimed
@@ -82,3 +82,11 @@ def reclaim_candidates(conn: sqlite3.Connection, household: str, params: ChainPa
     return [bytes(f) for (f,) in conn.execute(
         "SELECT fill_id FROM trades WHERE taker_household = ? AND state = ? AND interval_start <= ? "
         "ORDER BY interval_start, fill_id", (household, FINAL, latest))]
+
+
+def mark_reclaimed(conn: sqlite3.Connection, fill_id: bytes) -> None:
+    """Move the fill's ``trades`` row (if any, and if still ``final``) to ``reclaimed``. No transaction of
+    its own: settlement calls it inside one."""
+    if conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'trades'").fetchone():
+        conn.execute("UPDATE trades SET state = ?, updated_at = ? WHERE fill_id = ? AND state = ?",
+                     (RECLAIMED, int(time.time()), fill_id, FINAL))

@@ -51,6 +51,7 @@ from gateway.validator.tx import MAX_SETTLE_ENTRIES, Settlement, SettleBatch
 
 from .settlement_fills import (ChainFillIndex, FillRecord, FillSource, HouseholdDirectory, TradesFillSource,
                                chain_fill_state, rpc_of)
+from .reclaim import mark_reclaimed
 from .settlement_rule import Allocation, FillTerms, settle
 
 log = logging.getLogger(__name__)
@@ -354,6 +355,8 @@ class Settler:
                 log.warning("settle %s %d: fill %s was %s on the chain; left out", g, start, rec.fill_id.hex(),
                             "already settled by someone else" if where == PART_ELSEWHERE else
                             "reclaimed by its taker after the settle timeout")
+                if where == PART_RECLAIMED:
+                    mark_reclaimed(c, rec.fill_id)
             if allocs:
                 c.execute("UPDATE settlement_intervals SET root = ?, root_version = ?, leaf_count = ? WHERE grid = ? "
                           "AND start = ?", (root, version, leaves, g, start))

@@ -10,7 +10,8 @@ States: ``pending`` (recorded, not yet accepted by the chain client),
 ``submitted`` (in the outbox), ``final`` (the fill is in a final block: the
 taker's NOIA is escrowed), ``rejected`` (the chain refused it: ``reason``).
 Settlement reads ``final`` rows of an interval (``for_interval``) and may move
-them on with ``mark(fill_id, "settled")``.
+them on with ``mark(fill_id, "settled")``, or to ``reclaimed`` when the taker took
+the escrow back after the chain's settle timeout (gateway/market/reclaim.py).
 """
 
 from __future__ import annotations
@@ -26,7 +27,8 @@ from gateway.validator.crypto import to_checksum
 from gateway.validator.order import SignedOrder
 
 PENDING, SUBMITTED, FINAL, REJECTED, SETTLED = "pending", "submitted", "final", "rejected", "settled"
-STATES = (PENDING, SUBMITTED, FINAL, REJECTED, SETTLED)
+RECLAIMED = "reclaimed"
+STATES = (PENDING, SUBMITTED, FINAL, REJECTED, SETTLED, RECLAIMED)
 LIVE = (PENDING, SUBMITTED)
 
 SCHEMA = (
@@ -45,7 +47,7 @@ SCHEMA = (
         maker_origin    TEXT    NOT NULL,
         signed_order    BLOB    NOT NULL,      -- 225 bytes (order.py), what the fill carries
         submission      TEXT    NOT NULL,      -- chain client idempotency key
-        state           TEXT    NOT NULL,      -- pending | submitted | final | rejected | settled
+        state           TEXT    NOT NULL,      -- pending | submitted | final | rejected | settled | reclaimed
         reason          TEXT,
         height          INTEGER,
         created_at      INTEGER NOT NULL,
@@ -165,4 +167,5 @@ class TradeLog:
         return int(n)
 
 
-__all__ = ["TradeLog", "Trade", "TradeError", "PENDING", "SUBMITTED", "FINAL", "REJECTED", "SETTLED", "SCHEMA"]
+__all__ = ["TradeLog", "Trade", "TradeError", "PENDING", "SUBMITTED", "FINAL", "REJECTED", "SETTLED", "RECLAIMED",
+           "SCHEMA"]

@@ -158,6 +158,11 @@ def test_cli_wallet_reclaim(tmp_path) -> None:
             assert (one["fill_id"], one["status"], one["refund"]) == ("0x" + fold.hex(), "final", "6000")
             code, doc = await cli("0x" + fold.hex())
             assert (code, doc) == (1, {"error": NOT_ESCROWED})
+            conn = open_gateway_db(tmp_path / "gw.db")
+            assert {t.fill_id: t.state for t in TradeLog(conn).all()} == {fold: "reclaimed", fcur: "final"}
+            conn.close()
+            code, doc = await cli("--all", str(tmp_path / "gw.db"))  # nothing left to try
+            assert (code, doc["reclaimed"], doc["refused"]) == (0, [], [])
             async with client(tmp_path / "check.db", url, g, StaticKeyring([])) as c:
                 assert await c.balance(h1) == 10_000 - 1000
     asyncio.run(go())

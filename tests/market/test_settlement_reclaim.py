@@ -22,6 +22,7 @@ from gateway.chain_client.rpc import JsonRpcClient
 from gateway.db import open_gateway_db
 from gateway.market.settlement import PART_RECLAIMED, SettlementConfig, Settler
 from gateway.market.settlement_fills import ChainFillIndex
+from gateway.market.trades import TradeLog
 from gateway.validator.genesis import DEFAULT_SETTLE_TIMEOUT
 from gateway.validator.tx import Reclaim
 from tests.gateway.validator import kit
@@ -65,10 +66,11 @@ def test_settlement_leaves_out_a_reclaimed_fill(tmp_path, race: bool) -> None:
         setup_db(db, ENERGY)
         async with real_node(tmp_path) as (g, url):
             rpc = JsonRpcClient(url, timeout=5)
-            async with client(tmp_path / "takers.db", url, g) as takers:
-                fa, fb = await make_fills(takers, g, FILLS)
-            before = await balances(rpc)
             conn = open_gateway_db(db)
+            trades = TradeLog(conn)
+            async with client(tmp_path / "takers.db", url, g) as takers:
+                fa, fb = await make_fills(takers, g, FILLS, trades)
+            before = await balances(rpc)
             async with client(db, url, g) as c:
                 if race:
                     with pytest.raises(Crash):
@@ -93,6 +95,7 @@ def test_settlement_leaves_out_a_reclaimed_fill(tmp_path, race: bool) -> None:
                 rows = {(f, p, s): (d, pay, ref) for f, p, _, d, pay, ref, s in st.fills(OLD)}
                 assert rows[(fa, PART_RECLAIMED, "final")] == (0, 0, 8000)
                 assert [k for k in rows if k[0] == fa and k[1] >= 0 and k[2] != "rejected"] == []
+                assert {t.fill_id: t.state for t in trades.all()} == {fa: "reclaimed", fb: "settled"}
                 # the chain: A refunded to its taker, B settled, each tx once, money where it should be
                 assert (await escrow(rpc, fa))["status"] == "reclaimed"
                 eb = await escrow(rpc, fb)
