@@ -5,6 +5,8 @@
   logs paths without their query).
 - ``add-operator LOGIN``: create an operator account; the password is read
   from the terminal (or stdin with ``--password-stdin``), never from argv.
+- ``link-household LOGIN HOUSEHOLD``: give a homeowner account a household
+  whose meters were paired outside the pages.
 """
 
 from __future__ import annotations
@@ -35,6 +37,11 @@ def register(gsub: argparse._SubParsersAction) -> None:
     s.add_argument("--wallet-dir", type=Path, help="the wallet service (manual orders, policy, key export)")
     s.add_argument("--wallet-secret-file", type=Path, help="its master secret (0600); default $METANOIA_WALLET_SECRET")
     s.add_argument("--genesis", type=Path, help="the chain's genesis (chain id of manual orders)")
+    s.add_argument("--validator", action="append", default=[], metavar="URL",
+                   help="a validator's JSON-RPC URL (balances, chain status); repeat for each")
+    s.add_argument("--outbox", action="append", default=[], type=Path, metavar="FILE",
+                   help="a chain client outbox database besides --db (the market's fill transactions)")
+    s.add_argument("--tariff", default="residential-low", help="the KEPCO table the bills use")
     s.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret, created 0600)")
     s.set_defaults(func=cmd_serve)
 
@@ -45,12 +52,22 @@ def register(gsub: argparse._SubParsersAction) -> None:
     a.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret)")
     a.set_defaults(func=cmd_add_operator)
 
+    k = wsub.add_parser("link-household", help="give a homeowner account a household whose meters are paired "
+                                               "already (e.g. by the demo)")
+    k.add_argument("login", help="the homeowner's email or phone number")
+    k.add_argument("household")
+    k.add_argument("--db", required=True, type=Path)
+    k.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret)")
+    k.set_defaults(func=cmd_link_household)
+
 
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from gateway.market.wallet_policy import WalletError
     from gateway.web.app import Web
     from gateway.web.config import WebConfig, WebConfigError
+    from gateway.web.readmodel import ReadModelError
     from gateway.web.sealing import SealError
 
     host, sep, port = args.listen.rpartition(":")
@@ -61,9 +78,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
         cfg = WebConfig(db=args.db, grid=args.grid, public_url=args.public_url or f"http://{args.listen}",
                         cookie_secure=not args.insecure_cookie, wallet_dir=args.wallet_dir,
                         wallet_secret_file=args.wallet_secret_file, genesis=args.genesis,
+                        validators=tuple(args.validator), outbox_dbs=tuple(args.outbox), tariff=args.tariff,
                         secret_file=args.secret_file)
         web = Web(cfg)
-    except (WebConfigError, SealError, OSError) as exc:
+        web.complex()  # opens the wallet now: a wrong master secret stops here, not on the first page
+    except (WebConfigError, SealError, WalletError, ReadModelError, OSError) as exc:
         print(f"metanoia gateway web serve: {exc}", file=sys.stderr)
         return EXIT_USAGE
     logging.getLogger("gateway.web").setLevel(logging.INFO)
@@ -73,12 +92,39 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_add_operator(args: argparse.Namespace) -> int:
+def _accounts(args: argparse.Namespace):  # type: ignore[no-untyped-def]
     from gateway import db as gdb
-    from gateway.web.accounts import OPERATOR, AccountError, Accounts
+    from gateway.web.accounts import Accounts
     from gateway.web.config import Argon2Cost
-    from gateway.web.passwords import AccountInputError, Hasher, normalise_login
-    from gateway.web.sealing import Sealer, SealError, load_or_create_secret
+    from gateway.web.passwords import Hasher
+    from gateway.web.sealing import Sealer, load_or_create_secret
+
+    secret_path = args.secret_file or args.db.with_name(args.db.name + ".web-secret")
+    return Accounts(gdb.connect(args.db), Hasher(Argon2Cost()), Sealer(load_or_create_secret(secret_path), b"totp"))
+
+
+def cmd_link_household(args: argparse.Namespace) -> int:
+    from gateway.web.accounts import AccountError
+    from gateway.web.passwords import AccountInputError, normalise_login
+    from gateway.web.sealing import SealError
+
+    try:
+        accounts = _accounts(args)
+        account = accounts.by_login(normalise_login(args.login))
+        if account is None:
+            raise AccountError("unknown_account", f"no account {args.login}")
+        accounts.link_household(account, args.household)
+    except (AccountInputError, AccountError, SealError) as exc:
+        print(f"metanoia gateway web link-household: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{account.login} is household {args.household}")
+    return EXIT_OK
+
+
+def cmd_add_operator(args: argparse.Namespace) -> int:
+    from gateway.web.accounts import OPERATOR, AccountError
+    from gateway.web.passwords import AccountInputError, normalise_login
+    from gateway.web.sealing import SealError
 
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
@@ -88,10 +134,7 @@ def cmd_add_operator(args: argparse.Namespace) -> int:
             print("metanoia gateway web add-operator: the passwords differ", file=sys.stderr)
             return EXIT_FAILED
     try:
-        secret_path = args.secret_file or args.db.with_name(args.db.name + ".web-secret")
-        sealer = Sealer(load_or_create_secret(secret_path), b"totp")
-        accounts = Accounts(gdb.connect(args.db), Hasher(Argon2Cost()), sealer)
-        account = accounts.create(normalise_login(args.login), password, OPERATOR, int(time.time()))
+        account = _accounts(args).create(normalise_login(args.login), password, OPERATOR, int(time.time()))
     except (AccountInputError, AccountError, SealError) as exc:
         print(f"metanoia gateway web add-operator: {exc}", file=sys.stderr)
         return EXIT_FAILED

@@ -138,6 +138,22 @@ class Accounts:
         log.info("web account id=%s is household %s", account.id, household)
         return household
 
+    def link_household(self, account: Account, household: str) -> None:
+        """Give a homeowner account an existing household (an operator's act, from the command line:
+        households whose meters were paired outside the web pages, e.g. by ``metanoia demo``)."""
+        if account.is_operator:
+            raise AccountError("operator", "Operators have no household.")
+        if not _HOUSEHOLD.match(household):
+            raise AccountError("bad_household", "A household id is 1-64 of [A-Za-z0-9._-].")
+        try:
+            cur = self.conn.execute("UPDATE web_accounts SET household = ? WHERE id = ? AND household IS NULL",
+                                    (household, account.id))
+        except sqlite3.IntegrityError:
+            raise AccountError("household_taken", f"Household {household} belongs to another account.") from None
+        if cur.rowcount != 1:
+            raise AccountError("has_household", f"{account.login} already has household {account.household}.")
+        log.info("web account id=%s linked to household %s", account.id, household)
+
     # ---- TOTP ---------------------------------------------------------------------------
 
     def _bound(self, account_id: int) -> bytes:

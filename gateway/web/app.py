@@ -79,7 +79,8 @@ def safe_next(value: object, default: str = "/") -> str:
 class Web:
     """Everything the routes share; ``Web(config).app`` is the ASGI application."""
 
-    def __init__(self, config: WebConfig) -> None:
+    def __init__(self, config: WebConfig, complex: Complex | None = None) -> None:
+        """``complex``: an already open read-model handle (the demo's market holds the wallet open)."""
         self.config = config
         secret = load_or_create_secret(config.server_secret_path)
         self.hasher = Hasher(config.argon2)
@@ -90,7 +91,7 @@ class Web:
         self.templates.env.globals["grid"] = config.grid
         self.templates.env.filters.update(FILTERS)
         self._local = threading.local()
-        self._cx: Complex | None = None
+        self._cx: Complex | None = complex
         self._cx_lock = threading.Lock()
         self.cookie_name = "__Host-mn_session" if config.cookie_secure else "mn_session"
         self.store()  # tables exist before the first request
