@@ -57,6 +57,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--block-time", type=float, default=1.0)
     p.add_argument("--four-max-block-txs", type=int, default=5000,
                    help="block cap with four validators on one machine (a block must validate within a slot)")
+    p.add_argument("--backend", choices=("bundled", "evm"), default="bundled",
+                   help="evm: fills final/s on anvil next to the bundled single-validator figure (bench/chain_evm.py)")
+    from bench.chain_evm import add_evm_arguments
+    add_evm_arguments(p)
 
 
 def _keys(n: int) -> list[bytes]:
@@ -238,6 +242,9 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    if getattr(args, "backend", "bundled") == "evm":
+        from bench.chain_evm import run_evm
+        return run_evm(args)
     cores = os.cpu_count() or 1
     rec = recover_rate()
     log(f"raw secp256k1 public-key recovery: {rec:,.0f}/s on one core ({cores} cores)")
