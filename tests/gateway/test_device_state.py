@@ -4,11 +4,14 @@ the last will when a device dies, the old plain ``online``/``offline``, hostile 
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from bench.signed_readings import SigningDevice
 from gateway.aggregator.device_state import StateError, parse_state, read_states
@@ -175,3 +178,19 @@ def test_the_real_firmware_reports_its_version_and_its_will_marks_it_offline(bro
             assert s is not None and s.fw == VERSION
         finally:
             svc.stop()
+
+_JSONISH = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=70),
+                        lambda kids: st.lists(kids, max_size=3) | st.dictionaries(
+                            st.sampled_from(["state", "fw", "x", ""]) | st.text(max_size=5), kids, max_size=4),
+                        max_leaves=8)
+
+
+@settings(max_examples=400, deadline=None)
+@given(st.binary(max_size=300) | _JSONISH.map(lambda d: json.dumps(d).encode()))
+def test_parse_state_never_raises_anything_but_state_error(payload: bytes) -> None:
+    try:
+        m = parse_state(payload)
+    except StateError as e:
+        assert e.reason == "bad_state"
+        return
+    assert m is None or (m.state in ("online", "offline") and (m.fw is None or 1 <= len(m.fw) <= 64))

@@ -125,3 +125,17 @@ def test_policy_changes_through_the_wallet_and_reads_back(day: Day) -> None:
     assert day.market.wallet.policy("sun-3") == day.market.wallet.policy("sun-3")
     assert asyncio.run(household_view(cx, "sun-3", day.now)).policy == v          # nothing changed by a refusal
     refused(cx, "unknown_household", set_policy, cx, "nobody", reserve_wh=1)
+
+
+def test_a_tampered_policy_shows_as_such_and_is_never_loosened(day: Day) -> None:
+    """Someone with write access to wallet.db but not the master secret edits a policy: the MAC fails,
+    the page says so, nothing signs under it, and set_policy refuses rather than building on it."""
+    import sqlite3
+    conn = sqlite3.connect(day.market.wallet.db_path)
+    conn.execute("UPDATE wallet_policies SET policy = replace(policy, ?, ?) WHERE household = 'sun-1'",
+                 ('"reserve_wh": ', '"reserve_wh": 1'))
+    conn.commit()
+    conn.close()
+    v = asyncio.run(household_view(day.cx, "sun-1", day.now))
+    assert v.policy is None and v.policy_error == "tampered"
+    refused(day.cx, "tampered", set_policy, day.cx, "sun-1", reserve_wh=0)

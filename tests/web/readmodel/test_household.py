@@ -145,3 +145,19 @@ def test_unknown_and_malformed_households_are_refused_and_counted(day: Day) -> N
         assert e.value.reason == reason
     assert day.cx.counters["unknown_household"] == before.get("unknown_household", 0) + 1
     assert day.cx.counters["bad_household"] == before.get("bad_household", 0) + 2
+
+
+def test_a_chain_that_does_not_answer_leaves_the_page_with_no_balance(day: Day) -> None:
+    import dataclasses
+    import socket
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = f"http://127.0.0.1:{s.getsockname()[1]}/"
+    s.close()
+    cx = dataclasses.replace(day.cx, sources=dataclasses.replace(day.cx.sources, validators=(dead,),
+                                                                 rpc_timeout_s=0.5))
+    v = asyncio.run(household_view(cx, "sun-1", day.now))
+    assert v.balance_noia is None and v.balance_error == "unavailable"
+    assert v.fills and v.bill.comparison is not None           # everything from the database is still there
+    none = dataclasses.replace(cx, sources=dataclasses.replace(cx.sources, validators=()))
+    assert asyncio.run(household_view(none, "sun-1", day.now)).balance_error == "no_validator"
