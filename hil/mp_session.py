@@ -27,7 +27,7 @@ class NodeSession:
             raise MicroPythonUnavailable("node and npm package @micropython/micropython-webassembly-pyscript are required")
         dirs = {"/hil": str(HIL)}
         if fs is not None:
-            dirs["/"] = str(fs)
+            dirs["/"] = str(Path(fs).resolve())
         path = ["/hil"]
         if firmware_src:
             dirs["/fw"] = str(ROOT / "firmware")
@@ -62,6 +62,13 @@ class NodeSession:
     def put(self, path: str, data: bytes) -> None:
         self._send({"op": "put", "path": path, "b64": base64.b64encode(data).decode()})
         self._recv()
+
+    def put_tree(self, root: Path, names: list[str]) -> None:
+        for n in names:
+            p = root / n
+            files = sorted(f for f in p.rglob("*") if f.is_file()) if p.is_dir() else [p]
+            for f in files:
+                self.put("/" + f.relative_to(root).as_posix(), f.read_bytes())
 
     def get(self, path: str) -> bytes:
         self._send({"op": "get", "path": path})

@@ -1,4 +1,7 @@
-"""``metanoia device``: simulated devices (the firmware on CPython with the virtual rig)."""
+"""``metanoia device``: the installer's tools (build, flash, provision, label; the
+logic is in ``gateway.installer``) and simulated devices (the firmware on CPython
+with the virtual rig). Exit status: 0 done, 1 refused by the device or board,
+2 bad input; every refusal prints ``error [reason]: what to do``."""
 
 from __future__ import annotations
 
@@ -10,8 +13,11 @@ from pathlib import Path
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    device = sub.add_parser("device", help="meter devices: simulate one against the virtual rig")
+    device = sub.add_parser("device", help="meter devices: build, flash, provision, label; simulate")
     dsub = device.add_subparsers(dest="device_command", metavar="ACTION", required=True)
+    from gateway.cli import device_install
+
+    device_install.register(dsub)
     sim = dsub.add_parser("sim", help="run the firmware on CPython against the virtual rig (software key)")
     sim.add_argument("--profile", default="sdm630", choices=["sdm630", "sdm120", "sunspec"],
                      help="grid meter profile (Eastron over RTU on a pty, or a SunSpec meter over TCP)")

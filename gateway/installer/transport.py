@@ -38,6 +38,9 @@ class Transport(Protocol):
     def exec(self, code: str, timeout: float = 60.0) -> str: ...
     def put(self, path: str, data: bytes) -> None: ...
     def get(self, path: str) -> bytes: ...
+    def put_tree(self, root: Path, names: list[str]) -> None:
+        """Copy ``names`` (files or folders) of ``root`` to the device's ``/``."""
+        ...
 
 
 def check_port(port: str) -> None:
@@ -53,10 +56,12 @@ def check_port(port: str) -> None:
 def classify_mpremote(port: str, text: str) -> InstallerError | None:
     """A specific error for mpremote's known failure texts."""
     if "failed to access" in text:
-        if os.path.exists(port):
-            return PortError(f"{port} is in use by another program (a serial console, mpremote repl?): "
-                             "close it and try again", "port_busy")
-        return PortError(f"no serial port {port}: is the board plugged in?", "no_port")
+        if not os.path.exists(port):
+            return PortError(f"no serial port {port}: is the board plugged in?", "no_port")
+        if not os.access(port, os.R_OK | os.W_OK):
+            return PortError(f"permission denied on {port}: add yourself to the dialout group", "port_permission")
+        return PortError(f"{port} cannot be opened: another program (a serial console, mpremote repl?) "
+                         "may hold it, or you lack permission (dialout group)", "port_busy")
     if "Permission denied" in text:
         return PortError(f"permission denied on {port}: add yourself to the dialout group", "port_permission")
     if "could not enter raw repl" in text:
@@ -73,10 +78,23 @@ class MpremoteTransport:
         self.mpremote = mpremote or MPREMOTE
         self.timeout = timeout
 
-    def run(self, *args: str, timeout: float | None = None) -> str:
-        cmd = [*self.mpremote, "connect", self.port, *args]
+    def argv(self, *args: str) -> list[str]:
+        return [*self.mpremote, "connect", self.port, *args]
+
+    @staticmethod
+    def tree_args(root: Path, names: list[str]) -> list[str]:
+        """mpremote arguments copying ``names`` of ``root`` (run in ``root``) to ``/``."""
+        dirs = [n for n in names if (root / n).is_dir()]
+        args = ["cp", "-r", *dirs, ":"] if dirs else []
+        for n in names:
+            if n not in dirs:
+                args += [*(["+"] if args else []), "cp", n, ":" + n]
+        return args
+
+    def run(self, *args: str, timeout: float | None = None, cwd: Path | None = None) -> str:
+        cmd = self.argv(*args)
         try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.timeout)
+            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout or self.timeout, cwd=cwd)
         except subprocess.TimeoutExpired:
             raise PortError(f"no answer from a MicroPython REPL on {self.port} within {timeout or self.timeout:.0f} s: "
                             "is MicroPython flashed, and the board not busy? Tap EN (reset) and try again",
@@ -104,6 +122,9 @@ class MpremoteTransport:
             self.run("cp", tmp, ":" + path)
         finally:
             Path(tmp).unlink(missing_ok=True)
+
+    def put_tree(self, root: Path, names: list[str]) -> None:
+        self.run(*self.tree_args(root, names), timeout=max(self.timeout, 300.0), cwd=root)
 
     def get(self, path: str) -> bytes:
         with tempfile.TemporaryDirectory() as d:
