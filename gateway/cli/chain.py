@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-SUBCOMMANDS: tuple[str, ...] = ()     # more ``gateway.cli.<module>`` with register_chain(subparsers)
+SUBCOMMANDS: tuple[str, ...] = ("chain_deploy",)     # more ``gateway.cli.<module>`` with register_chain(subparsers)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
