@@ -85,7 +85,8 @@ def interval_chart(chart_id: str, title: str, starts: Sequence[int], series: Seq
     v = -bot_v
     while v <= top_v:
         yy = y(v)
-        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="{"#444" if v == 0 else "#ddd"}"/>')
+        stroke = "#444" if v == 0 else "#ddd"
+        out.append(f'<line x1="{left}" x2="{left + pw}" y1="{yy:.1f}" y2="{yy:.1f}" stroke="{stroke}"/>')
         out.append(f'<text x="{left - 4}" y="{yy + 4:.1f}" text-anchor="end">{abs(v):,}</text>')
         v += step
     out.append(f'<text x="12" y="{top + ph / 2:.1f}" transform="rotate(-90 12 {top + ph / 2:.1f})" '
@@ -93,7 +94,8 @@ def interval_chart(chart_id: str, title: str, starts: Sequence[int], series: Seq
     every = max(1, round(n / 8))
     for i, s0 in enumerate(starts):
         if i % every == 0:
-            out.append(f'<text x="{left + i * slot:.1f}" y="{top + ph + 14}" text-anchor="middle">{_esc(_hhmm(s0))}</text>')
+            out.append(f'<text x="{left + i * slot:.1f}" y="{top + ph + 14}" text-anchor="middle">'
+                       f'{_esc(_hhmm(s0))}</text>')
     # bars
     for s in series:
         if s.kind == "line":

@@ -94,12 +94,15 @@ def household_trades(conn: sqlite3.Connection, grid: str, household: str, *, sta
     return [_trade(r) for r in conn.execute(q, args)]
 
 
-def settlement_of(conn: sqlite3.Connection, grid: str, fill_ids: list[bytes]) -> dict[bytes, tuple]:  # type: ignore[type-arg]
+SettledFill = tuple[int, int, int, int, str, str | None, int | None]
+
+
+def settlement_of(conn: sqlite3.Connection, grid: str, fill_ids: list[bytes]) -> dict[bytes, SettledFill]:
     """{fill id: (part, delivered, payment, refund, state, settle tx, height)}: the live (non-rejected) row."""
     have = tables(conn)
     if "settlement_fills" not in have or not fill_ids:
         return {}
-    out: dict[bytes, tuple] = {}  # type: ignore[type-arg]
+    out: dict[bytes, SettledFill] = {}
     for i in range(0, len(fill_ids), 500):
         part = fill_ids[i:i + 500]
         q = ",".join("?" * len(part))

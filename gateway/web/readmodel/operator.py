@@ -153,7 +153,8 @@ def _device_rejections(conn: sqlite3.Connection) -> dict[str, dict[str, int]]:
     return out
 
 
-def devices(conn: sqlite3.Connection, db_path: Path, grid: str, now: float, stale_s: int) -> tuple[dict[str, Any], list[DeviceRow]]:
+def devices(conn: sqlite3.Connection, db_path: Path, grid: str, now: float,
+            stale_s: int) -> tuple[dict[str, Any], list[DeviceRow]]:
     st = gateway_status(conn, db_path, grid, now=now, stale_s=stale_s)
     rej = _device_rejections(conn)
     rows = []
