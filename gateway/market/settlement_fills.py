@@ -159,7 +159,19 @@ def rpc_of(backend: ChainBackend) -> RpcCall | None:
 
 
 async def chain_fill_state(backend: ChainBackend, fill_id: bytes) -> ChainFill:
-    """Escrowed / settled / reclaimed / unknown, read from the chain (``chain_getEscrow`` on the bundled node)."""
+    """Escrowed / settled / reclaimed / unknown, read from the chain: the backend's ``fill_record`` where it
+    has one (the EVM backend: the exchange's ``fills`` view), else ``chain_getEscrow`` (the bundled node)."""
+    record = getattr(backend, "fill_record", None)
+    if callable(record):
+        f = await record(fill_id)
+        if f is None:
+            return ChainFill(fill_id, "unknown")
+        if f.status == "settled":
+            return ChainFill(fill_id, "settled", None, (f.delivered_wh, f.payment, f.refund))
+        if f.status == "reclaimed":
+            return ChainFill(fill_id, "reclaimed", reclaimed=f.refund)
+        return ChainFill(fill_id, "escrowed", EscrowInfo(fill_id, f.maker, f.taker, f.noia, f.wh, f.interval_start,
+                                                         f.grid))
     call = rpc_of(backend)
     if call is None:  # a backend without the raw call: settled and unknown look alike
         esc = await backend.escrow(fill_id)
