@@ -30,7 +30,7 @@ from gateway.validator.tx import Checkpoint as CheckpointTx
 
 from .collect import Validators
 from .errors import WRONG_CHAIN, AnchorError
-from .evm import GAS_MARGIN, EvmRpc, Reverted, sign_legacy_tx
+from .evm import GAS_MARGIN, EvmReceipt, EvmRpc, Reverted, sign_legacy_tx
 from .journal import ANCHORED, REVERTED, SIDE_SUBMITTED, SIGNED, SUPERSEDED, Entry, Journal
 from .registry import Registry, submit_calldata
 
@@ -50,6 +50,7 @@ class RelayerConfig:
     receipt_wait: float = 30.0         # follow a submission this long per round before starting the next round
     resend_every: float = 10.0         # send the journalled bytes again while no receipt
     rpc_timeout: float = 5.0
+    confirmations: int = 1             # main-chain blocks (the receipt's included) before a checkpoint counts
 
 
 @dataclass
@@ -141,26 +142,19 @@ class Relayer:
         next_send = 0.0
         while True:
             r = await self.evm.receipt(e.tx_hash)
+            now = time.monotonic()
             if r is not None:
-                if r.status == 1:
-                    self.journal.settle(e.registry, e.height, ANCHORED, main_block=r.block_number)
-                    self.count("anchored")
-                    log.info("checkpoint %d anchored in main block %d", e.height, r.block_number)
-                else:
-                    latest = await self.registry.latest()
-                    reason = "checkpoint_not_monotonic" if latest.height >= e.height else "reverted"
-                    self.journal.settle(e.registry, e.height, REVERTED, reason=reason, main_block=r.block_number)
-                    self.count(f"reverted_{reason}")
-                    log.warning("checkpoint %d reverted on the main chain: %s", e.height, reason)
-                return True
-            if await self.evm.nonce(e.sender, "latest") > e.nonce and await self.evm.receipt(e.tx_hash) is None:
+                if await self.evm.block_number() - r.block_number + 1 >= self.cfg.confirmations:
+                    await self._settle(e, r)
+                    return True
+                # not deep enough yet; if a reorg drops it, it has no receipt again and is sent again
+            elif await self.evm.nonce(e.sender, "latest") > e.nonce and await self.evm.receipt(e.tx_hash) is None:
                 self.journal.settle(e.registry, e.height, SUPERSEDED, reason="nonce_used_elsewhere")
                 self.count("superseded")
                 log.error("checkpoint %d: nonce %d was used by another transaction of 0x%s", e.height, e.nonce,
                           e.sender.hex())
                 return True
-            now = time.monotonic()
-            if now >= next_send:
+            elif now >= next_send:
                 try:
                     await self.evm.send_raw(e.raw_tx)
                 except ChainClientError as exc:   # a refusal other than "already known": keep following
@@ -169,6 +163,18 @@ class Relayer:
             if now >= deadline:
                 return False
             await asyncio.sleep(0.2)
+
+    async def _settle(self, e: Entry, r: EvmReceipt) -> None:
+        if r.status == 1:
+            self.journal.settle(e.registry, e.height, ANCHORED, main_block=r.block_number)
+            self.count("anchored")
+            log.info("checkpoint %d anchored in main block %d", e.height, r.block_number)
+        else:
+            latest = await self.registry.latest()
+            reason = "checkpoint_not_monotonic" if latest.height >= e.height else "reverted"
+            self.journal.settle(e.registry, e.height, REVERTED, reason=reason, main_block=r.block_number)
+            self.count(f"reverted_{reason}")
+            log.warning("checkpoint %d reverted on the main chain: %s", e.height, reason)
 
     # ---- the side-chain record ---------------------------------------------------------------
 

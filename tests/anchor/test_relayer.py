@@ -146,3 +146,29 @@ def test_anchoring_continues_with_one_validator_down(rig: AnchorRig) -> None:
     finally:
         rig.procs[3].start()
         asyncio.run(rig._wait_up())
+
+
+def test_confirmations_wait_for_depth_on_the_main_chain(rig: AnchorRig) -> None:
+    rig.stop_relayer(graceful=True)
+    cfg = RelayerConfig(side_urls=tuple(rig.urls), main_url=rig.anvil.url, registry=rig.registry,
+                        key=RELAYER_KEY.secret, journal=rig.journal, every=1, confirmations=3)
+
+    async def one_anchor() -> tuple[str, int]:
+        r = Relayer(cfg)
+        try:
+            what = await r.step()
+            while not what.startswith("anchored:"):
+                assert what in ("waiting", "pending"), what
+                what = await r.step()
+            return what, await r.evm.block_number()
+        finally:
+            await r.aclose()
+    try:
+        what, head = asyncio.run(one_anchor())
+        height = int(what.split(":")[1])
+        (ev,) = [e for e in rig.events() if e["height"] == height]
+        mined_in = rig.w3.eth.get_transaction_receipt(ev["tx"])["blockNumber"]
+        assert head - mined_in + 1 >= 3          # it waited for two more main-chain blocks on top
+        _no_double_anchoring(rig)
+    finally:
+        rig.start_relayer()
