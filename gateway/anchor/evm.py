@@ -38,6 +38,7 @@ class EvmReceipt:
     status: int
     block_number: int
     logs: tuple[dict[str, Any], ...]
+    contract: bytes | None = None      # a contract creation's new address
 
 
 def _hex(b: bytes) -> str:
@@ -100,10 +101,13 @@ class EvmRpc:
         except RpcError as exc:
             raise Reverted(_revert_reason(exc) or "reverted", exc.message) from None
 
-    async def estimate_gas(self, sender: bytes, to: bytes, data: bytes) -> int:
+    async def estimate_gas(self, sender: bytes, to: bytes | None, data: bytes) -> int:
+        """``to`` None: a contract creation."""
+        tx = {"from": _hex(sender), "data": _hex(data)}
+        if to is not None:
+            tx["to"] = _hex(to)
         try:
-            return int(await self._call("eth_estimateGas", {"from": _hex(sender), "to": _hex(to),
-                                                             "data": _hex(data)}), 16)
+            return int(await self._call("eth_estimateGas", tx), 16)
         except RpcError as exc:
             raise Reverted(_revert_reason(exc) or "reverted", exc.message) from None
 
@@ -121,18 +125,26 @@ class EvmRpc:
         r = await self._call("eth_getTransactionReceipt", _hex(tx_hash))
         if not r or r.get("blockNumber") is None:
             return None
-        return EvmReceipt(tx_hash, int(r["status"], 16), int(r["blockNumber"], 16), tuple(r.get("logs") or ()))
+        created = r.get("contractAddress")
+        return EvmReceipt(tx_hash, int(r["status"], 16), int(r["blockNumber"], 16), tuple(r.get("logs") or ()),
+                          bytes.fromhex(created[2:]) if isinstance(created, str) else None)
+
+    async def code(self, address: bytes) -> bytes:
+        return bytes.fromhex(str(await self._call("eth_getCode", _hex(address), "latest"))[2:])
 
     async def logs(self, address: bytes, topic0: bytes, from_block: int = 0) -> list[dict[str, Any]]:
         return list(await self._call("eth_getLogs", {"address": _hex(address), "topics": [_hex(topic0)],
                                                     "fromBlock": hex(from_block), "toBlock": "latest"}))
 
 
-def sign_legacy_tx(secret: bytes, *, chain_id: int, nonce: int, to: bytes, data: bytes, gas: int,
+def sign_legacy_tx(secret: bytes, *, chain_id: int, nonce: int, to: bytes | None, data: bytes, gas: int,
                    gas_price: int) -> tuple[bytes, bytes]:
-    """(raw signed bytes, tx hash) of an EIP-155 transaction calling ``to`` with ``data``."""
-    signed = Account.sign_transaction({"chainId": chain_id, "nonce": nonce, "to": _checksum(to), "value": 0,
-                                       "data": data, "gas": gas, "gasPrice": gas_price}, secret)
+    """(raw signed bytes, tx hash) of an EIP-155 transaction calling ``to`` with ``data`` (None: create)."""
+    tx: dict[str, Any] = {"chainId": chain_id, "nonce": nonce, "value": 0, "data": data, "gas": gas,
+                          "gasPrice": gas_price}
+    if to is not None:
+        tx["to"] = _checksum(to)
+    signed = Account.sign_transaction(tx, secret)
     return bytes(signed.raw_transaction), bytes(signed.hash)
 
 

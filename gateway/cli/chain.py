@@ -1,5 +1,7 @@
 """``metanoia chain``: anchor the bundled side chain to a main chain, and verify against the anchors.
 
+- ``chain deploy-registry --main-rpc URL --genesis FILE --key FILE``: the CheckpointRegistry for the side
+  chain of that genesis (gateway/anchor/deploy.py).
 - ``chain anchor --rpc SIDE_URL... --main-rpc URL --registry ADDR --key FILE [--every N]``: the relayer
   (gateway/anchor/relayer.py), until SIGINT/SIGTERM, or ``--rounds N``.
 - ``chain verify --checkpoint --rpc SIDE_URL --main-rpc URL --registry ADDR --block H [--tx HASH] [--json]``:
@@ -25,8 +27,15 @@ SUBCOMMANDS: tuple[str, ...] = ("chain_deploy",)     # more ``gateway.cli.<modul
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    c = sub.add_parser("chain", help="main-chain anchoring of the bundled chain: anchor, verify")
+    c = sub.add_parser("chain", help="EVM main chain: deploy contracts, anchor the bundled chain, verify")
     cs = c.add_subparsers(dest="chain_command", metavar="ACTION", required=True)
+
+    r = cs.add_parser("deploy-registry", help="deploy the CheckpointRegistry for a side chain (from its genesis)")
+    r.add_argument("--main-rpc", required=True, metavar="URL", help="the main (EVM) chain's JSON-RPC URL")
+    r.add_argument("--genesis", type=Path, required=True, help="the side chain's genesis file")
+    r.add_argument("--key", type=Path, required=True, help="key file of the account that pays the deployment")
+    r.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    r.set_defaults(func=cmd_deploy_registry)
 
     a = cs.add_parser("anchor", help="relay checkpoints signed by > 2/3 of the authorities into the registry")
     a.add_argument("--rpc", nargs="+", required=True, metavar="SIDE_URL", help="the validators' JSON-RPC URLs")
@@ -65,6 +74,44 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _address(text: str) -> bytes:
     from gateway.validator.crypto import parse_address
     return parse_address(text)
+
+
+def cmd_deploy_registry(args: argparse.Namespace) -> int:
+    from gateway.anchor.deploy import deploy_registry
+    from gateway.anchor.errors import AnchorError
+    from gateway.anchor.evm import EvmRpc
+    from gateway.chain_client.errors import ChainClientError
+    from gateway.cli.validator import read_key
+    from gateway.validator.checkpoint import threshold
+    from gateway.validator.crypto import to_checksum
+    from gateway.validator.errors import GenesisError
+    from gateway.validator.genesis import load_genesis
+
+    try:
+        genesis = load_genesis(args.genesis)
+        secret = read_key(args.key)
+    except (ValueError, OSError, GenesisError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> Any:
+        evm = EvmRpc(args.main_rpc)
+        try:
+            return await deploy_registry(evm, secret, genesis)
+        finally:
+            await evm.aclose()
+    try:
+        dep = asyncio.run(main())
+    except (AnchorError, ChainClientError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"CheckpointRegistry {to_checksum(dep.address)} on chain {dep.chain_id} (block {dep.block}) for side chain "
+          f"0x{dep.genesis_hash.hex()}, {len(dep.authorities)} authorities (threshold {threshold(len(dep.authorities))})")
+    if args.json:
+        print(json.dumps({"registry": to_checksum(dep.address), "chain_id": dep.chain_id, "block": dep.block,
+                          "tx": "0x" + dep.tx_hash.hex(), "genesis_hash": "0x" + dep.genesis_hash.hex(),
+                          "authorities": [to_checksum(a) for a in dep.authorities]}))
+    return 0
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:

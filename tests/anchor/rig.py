@@ -25,17 +25,18 @@ from aiohttp import web
 from web3 import Web3
 
 import gateway.evm.compile as evm_compile
+from gateway.anchor.deploy import deploy_registry
 from gateway.anchor.evm import EvmRpc
 from gateway.anchor.registry import Registry
 from gateway.chain_client.rpc import JsonRpcClient
 from gateway.cli.validator import write_key
 from gateway.evm.anvil import Anvil
 from gateway.jsonrpc import serve
-from gateway.validator.crypto import address_of, keccak256, private_key
+from gateway.validator.crypto import keccak256, private_key
 from gateway.validator.genesis import parse_genesis
-from tests.evm.test_contracts import cs, deploy, fund
+from tests.evm.test_contracts import cs, fund
 from tests.gateway.validator import kit
-from tests.gateway.validator.netkit import AUTH_KEYS, Proc, free_ports, genesis_doc
+from tests.gateway.validator.netkit import Proc, free_ports, genesis_doc
 
 ROOT = Path(__file__).resolve().parents[2]
 BT = 0.25                     # side-chain block time (s)
@@ -100,9 +101,15 @@ class AnchorRig:
         fund(self.anvil, DEPLOYER, RELAYER_KEY)
         art = evm_compile.compile_contracts()
         self.w3 = Web3(Web3.HTTPProvider(self.anvil.url))
-        auths = [cs(address_of(k)) for k in AUTH_KEYS[:len(self.procs)]]
-        self.contract = deploy(self.w3, art, "CheckpointRegistry", DEPLOYER, self.genesis.hash, auths)
-        self.registry = bytes.fromhex(self.contract.address[2:])
+
+        async def deploy() -> bytes:
+            evm = EvmRpc(self.anvil.url)
+            try:
+                return (await deploy_registry(evm, DEPLOYER.secret, self.genesis)).address
+            finally:
+                await evm.aclose()
+        self.registry = asyncio.run(deploy())
+        self.contract = self.w3.eth.contract(address=cs(self.registry), abi=art["CheckpointRegistry"]["abi"])
         asyncio.run(self._wait_up())
         return self
 
