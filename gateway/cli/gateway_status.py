@@ -36,13 +36,13 @@ def cmd_status(args: argparse.Namespace) -> int:
     print(f"grid {s['grid'] or '(all)'}: {s['devices_online']}/{s['devices_total']} devices online, "
           f"{s['readings_stored']} readings stored, {s['quarantined']} quarantined, {s['rejected']} rejected, "
           f"db {s['db_bytes'] / 1e6:.1f} MB")
-    print(f"{'device':18} {'name':8} {'state':10} {'ack':>7} {'gap':>5} {'last seq':>8} {'last reading (UTC)':20} "
+    print(f"{'device':18} {'name':8} {'state':10} {'firmware':14} {'ack':>7} {'gap':>5} {'last seq':>8} {'last reading (UTC)':20} "
           f"{'import Wh':>10} {'export Wh':>10} {'PV Wh':>10}")
     for dev, i in sorted(s["devices"].items()):
         lr = i.get("last_reading") or {}
         when = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(lr["time"])) if lr.get("time") else "-"
         state = "revoked" if i.get("registry") == "revoked" else ("online" if i["online"] else i["state"])
-        print(f"{dev:18} {str(i.get('name') or '-'):8} {state:10} {i.get('acked', 0):7} {i.get('gap', 0):5} "
+        print(f"{dev:18} {str(i.get('name') or '-'):8} {state:10} {str(i.get('fw') or '-'):14} {i.get('acked', 0):7} {i.get('gap', 0):5} "
               f"{lr.get('seq', '-'):>8} {when:20} {lr.get('import_wh', '-'):>10} {lr.get('export_wh', '-'):>10} "
               f"{lr.get('pv_wh', '-'):>10}")
     if s["rejections"]:

@@ -17,6 +17,7 @@ from bench.signed_readings import SigningDevice
 from gateway.aggregator.device_state import StateError, parse_state, read_states
 from gateway.aggregator.ingest import IngestConfig, IngestService
 from gateway.aggregator.keys import DictKeySource
+from gateway.cli import main as cli_main
 from gateway.db import connect
 from gateway.status import gateway_status
 from hil.broker import Mosquitto
@@ -79,7 +80,7 @@ def _state(db, dev: SigningDevice):
         conn.close()
 
 
-def test_state_fw_last_will_and_hostile_payloads_through_mosquitto(broker, tmp_path) -> None:
+def test_state_fw_last_will_and_hostile_payloads_through_mosquitto(broker, tmp_path, capsys) -> None:
     a, b, old = SigningDevice.generate(), SigningDevice.generate(), SigningDevice.generate()
     keys = DictKeySource({d.device_id: d.public_key for d in (a, b, old)})
     db = tmp_path / "gw.db"
@@ -124,6 +125,9 @@ def test_state_fw_last_will_and_hostile_payloads_through_mosquitto(broker, tmp_p
         assert (da["state"], da["fw"], da["online"]) == ("offline", "1.4.0", False)
         assert status["rejections"]["bad_state"] == len(HOSTILE)
         conn.close()
+        assert cli_main(["gateway", "status", "--db", str(db)]) == 0
+        line = next(ln for ln in capsys.readouterr().out.splitlines() if ln.startswith(a.device_id.hex()))
+        assert line.split()[1:4] == ["-", "offline", "1.4.0"]       # name, state, firmware
     finally:
         if proc.poll() is None:
             proc.kill()
