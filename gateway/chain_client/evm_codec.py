@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from coincurve import PrivateKey
-from eth_abi import decode as abi_decode
+from eth_abi.abi import decode as abi_decode
 from eth_account import Account
 
 from gateway.evm.abi import AbiFunction
@@ -127,7 +127,7 @@ def call_of(c: Contracts, intent: Intent) -> tuple[bytes, bytes]:
     if isinstance(a, NonceFill):
         return intent.sender, b""
     if Reclaim is not None and isinstance(a, Reclaim):
-        return c.exchange, c.exchange_fns["reclaim"].call_data(a.fill_id)  # type: ignore[attr-defined]
+        return c.exchange, c.exchange_fns["reclaim"].call_data(getattr(a, "fill_id"))
     if isinstance(a, Checkpoint):
         raise UnsupportedAction(UNSUPPORTED_ACTION, "checkpoints go to the CheckpointRegistry, not the exchange")
     raise UnsupportedAction(UNSUPPORTED_ACTION, f"{type(a).__name__} has no EVM encoding")

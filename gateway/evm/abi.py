@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_abi import encode as abi_encode
+from eth_abi.abi import decode as abi_decode
+from eth_abi.abi import encode as abi_encode
 from eth_utils.abi import (function_abi_to_4byte_selector, get_abi_input_types, get_abi_output_names,
                            get_abi_output_types)
 
@@ -37,5 +37,5 @@ def functions(abi: list[dict[str, Any]]) -> dict[str, AbiFunction]:
 
 
 def constructor_types(abi: list[dict[str, Any]]) -> list[str]:
-    ctor = next((e for e in abi if e.get("type") == "constructor"), {"inputs": []})
+    ctor: dict[str, Any] = next((e for e in abi if e.get("type") == "constructor"), {"inputs": []})
     return [str(i["type"]) for i in ctor["inputs"]]

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any
 
 from coincurve import PrivateKey
-from eth_abi import encode as abi_encode
+from eth_abi.abi import encode as abi_encode
 from eth_account import Account
+from hexbytes import HexBytes
 from web3 import Web3
 
 from gateway.fsutil import replace_durably
@@ -100,7 +101,7 @@ class _Sender:
     def send(self, key: PrivateKey, to: bytes | None, data: bytes, gas: int, value: int = 0) -> bytes:
         addr = address_of(key)
         if addr not in self._nonces:
-            self._nonces[addr] = int(self.w3.eth.get_transaction_count(to_checksum(addr), "pending"))
+            self._nonces[addr] = int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(addr), "pending"))
         tx: dict[str, Any] = {"type": 2, "chainId": self.chain_id, "nonce": self._nonces[addr], "value": value,
                               "data": data, "gas": gas, "maxFeePerGas": self.max_fee,
                               "maxPriorityFeePerGas": self.priority_fee}
@@ -117,7 +118,7 @@ class _Sender:
         for h in hashes:
             while True:
                 try:
-                    r = self.w3.eth.get_transaction_receipt(h)
+                    r = self.w3.eth.get_transaction_receipt(HexBytes(h))
                     break
                 except Exception:  # web3 raises TransactionNotFound until mined
                     if time.monotonic() > deadline:
@@ -163,7 +164,7 @@ def deploy(url: str, deployer: PrivateKey, complex_authority: bytes, supply: int
     (r_ex,) = s.wait([h_ex])
     exchange = bytes.fromhex(r_ex["contractAddress"][2:])
     for addr in (token, exchange):
-        if len(s.w3.eth.get_code(to_checksum(addr))) == 0:
+        if len(s.w3.eth.get_code(Web3.to_checksum_address(addr))) == 0:
             raise DeployError(f"no code at {to_checksum(addr)} after deployment")
     return Deployment(s.chain_id, token, exchange, complex_authority, interval_seconds,
                       settle_timeout if has_reclaim else None, int(r_ex["blockNumber"]), tok["abi"], ex["abi"],
