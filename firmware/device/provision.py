@@ -102,10 +102,44 @@ def run(settings, i2c=None, path="/config.json"):
             "grid": cfg["grid"], "profile": cfg["grid_meter"]["profile"]}
 
 
-def run_file(i2c=None, settings_path=SETTINGS, path="/config.json"):
-    """``run`` with the settings from ``settings_path``, which is removed first
-    (it may hold a Wi-Fi password); prints the result as one JSON line."""
+def _take(settings_path):
+    """The settings file's JSON; the file is removed first (it may hold passwords)."""
     with open(settings_path) as f:
         settings = json.load(f)
     os.remove(settings_path)
-    print(json.dumps(run(settings, i2c, path)))
+    return settings
+
+
+def run_file(i2c=None, settings_path=SETTINGS, path="/config.json"):
+    """``run`` with the settings from ``settings_path``; prints one JSON line."""
+    print(json.dumps(run(_take(settings_path), i2c, path)))
+
+
+def configure_file(i2c=None, settings_path=SETTINGS, path="/config.json"):
+    """Settings only, no key: e.g. the broker credential issued after registration.
+
+    ``expect_device_id`` in the settings (hex) must be this chip's serial number,
+    so a credential cannot land on the wrong device; it is checked before any
+    write. A TLS broker needs its CA at ``mqtt.ca_file`` on the device."""
+    settings = _take(settings_path)
+    want = settings.pop("expect_device_id", None)
+    cfg = config.load(path)
+    scfg = cfg["signer"]
+    if i2c is None and scfg["type"] == "atecc608":
+        from device.app import open_i2c
+
+        i2c = open_i2c(scfg)
+    signer = atecc608.ATECC608Signer(atecc608.ATECC608(i2c, scfg["address"]), scfg["slot"])
+    got = _hex(signer.device_id)
+    if want is not None and want != got:
+        raise config.ConfigError("these settings are for device %s, this is %s" % (want, got))
+    m = settings.get("mqtt") or {}
+    ca = m.get("ca_file")
+    if m.get("ssl") and ca:
+        try:
+            os.stat(ca)
+        except OSError:
+            raise config.ConfigError("mqtt.ca_file %s is not on the device" % ca)
+    cfg = update_config(path, settings)
+    print(json.dumps({"device_id": got, "grid": cfg["grid"], "mqtt_host": cfg["mqtt"]["host"],
+                      "mqtt_user": cfg["mqtt"]["user"], "ssl": cfg["mqtt"]["ssl"], "firmware_version": VERSION}))

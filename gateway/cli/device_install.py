@@ -54,6 +54,13 @@ def register(dsub: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="one summary object on the last line (no claim code)")
     p.set_defaults(func=guarded(run_provision))
 
+    c = dsub.add_parser("configure", help="put the broker credential (and CA) or a new Wi-Fi on a provisioned device")
+    c.add_argument("--port", required=True, help="serial port of the board")
+    c.add_argument("--credentials", type=Path, help="credentials/<device id>.json from `gateway broker-config`")
+    c.add_argument("--ca", type=Path, help="ca.crt from `gateway broker-config` (needed for a TLS broker)")
+    c.add_argument("--wifi-ssid", help=f"a new Wi-Fi; the password comes from ${WIFI_PASSWORD_ENV} or a prompt")
+    c.set_defaults(func=guarded(run_configure))
+
     lab = dsub.add_parser("label", help="printable QR labels (PNG or PDF, 3 x 8 per A4 sheet)")
     lab.add_argument("--record", required=True, action="append", type=Path, help="provisioning record (repeatable)")
     lab.add_argument("--gateway", required=True, help="the gateway's URL (the QR opens GATEWAY/pair?d=..&c=..)")
@@ -108,11 +115,7 @@ def run_flash(args: argparse.Namespace) -> int:
 def run_provision(args: argparse.Namespace) -> int:
     from gateway.installer import provision
 
-    password = None
-    if args.wifi_ssid is not None:
-        password = os.environ.get(WIFI_PASSWORD_ENV)
-        if password is None:
-            password = getpass.getpass(f"Wi-Fi password for {args.wifi_ssid} (empty: open network): ")
+    password = wifi_password(args.wifi_ssid)
     kw = dict(gateway_url=args.gateway, grid=args.grid, name=args.name, profile=args.profile, out_dir=args.out,
               wifi_ssid=args.wifi_ssid, wifi_password=password)
     if args.port == "emulator":
@@ -145,6 +148,28 @@ def run_provision(args: argparse.Namespace) -> int:
                           "profile": rec["profile"], "name": rec.get("name"), "record": str(p.path),
                           "firmware_version": dev["firmware_version"], "configured": dev["configured"],
                           "fresh_key": dev["fresh_key"]}))
+    return 0
+
+
+def wifi_password(ssid: str | None) -> str | None:
+    if ssid is None:
+        return None
+    password = os.environ.get(WIFI_PASSWORD_ENV)
+    if password is None:
+        password = getpass.getpass(f"Wi-Fi password for {ssid} (empty: open network): ")
+    return password
+
+
+def run_configure(args: argparse.Namespace) -> int:
+    from gateway.installer import provision
+    from gateway.installer.transport import MpremoteTransport, check_port
+
+    check_port(args.port)
+    ca = args.ca.read_bytes() if args.ca is not None else None
+    dev = provision.configure(MpremoteTransport(args.port), credentials=args.credentials, ca=ca,
+                              wifi_ssid=args.wifi_ssid, wifi_password=wifi_password(args.wifi_ssid))
+    print(f"device {dev['device_id']}: broker {dev['mqtt_host']} as {dev['mqtt_user']} "
+          f"({'TLS' if dev['ssl'] else 'plain'}), grid {dev['grid']}; reset it to apply")
     return 0
 
 

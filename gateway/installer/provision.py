@@ -22,6 +22,8 @@ from gateway.installer.transport import DeviceError, Transport
 
 SETTINGS_PATH = "/provision.json"
 RUN = "from device import provision\nprovision.run_file({bus})\n"
+CONFIGURE = "from device import provision\nprovision.configure_file({bus})\n"
+MQTT_KEYS = {"host", "port", "user", "password", "ssl", "ca_file"}
 
 # Device-side exception names -> (reason, what the installer should do).
 _DEVICE_ERRORS = {
@@ -31,7 +33,7 @@ _DEVICE_ERRORS = {
     "ATECCConfigError": ("chip_config", "the ATECC608's config zone is locked with another layout; this chip "
                                         "cannot hold the device key: fit a new, unconfigured chip"),
     "ATECCExecutionError": ("chip_refused", "the ATECC608 refused a step (lock state or slot config)"),
-    "ConfigError": ("bad_device_config", "the device's /config.json is refused"),
+    "ConfigError": ("bad_device_config", "the device refused the settings"),
     "ImportError": ("no_firmware", "the device has no Metanoia firmware: run metanoia device flash first"),
 }
 
@@ -66,11 +68,11 @@ def settings_for(grid: str, *, wifi_ssid: str | None = None, wifi_password: str 
     return s
 
 
-def run_on_device(t: Transport, settings: dict[str, Any], bus: str = "None") -> dict[str, Any]:
+def run_on_device(t: Transport, settings: dict[str, Any], bus: str = "None", code: str = RUN) -> dict[str, Any]:
     """Put the settings, run the device module, parse its JSON line."""
     t.put(SETTINGS_PATH, json.dumps(settings).encode())
     try:
-        out = t.exec(RUN.format(bus=bus), timeout=120.0)
+        out = t.exec(code.format(bus=bus), timeout=120.0)
     except DeviceError as e:
         name = e.traceback.strip().splitlines()[-1].split(":")[0].strip() if e.traceback.strip() else ""
         reason, hint = _DEVICE_ERRORS.get(name.rsplit(".", 1)[-1], ("device_error", "the device raised an error"))
@@ -106,3 +108,41 @@ def provision(t: Transport, *, gateway_url: str, grid: str, name: str | None = N
         with os.fdopen(fd, "w") as f:
             f.write(json.dumps(record, indent=1) + "\n")
     return Provisioned(record, dev, path)
+
+
+def load_credentials(path: Path) -> tuple[str, dict[str, Any]]:
+    """(device id, mqtt settings) from broker-config's ``credentials/<device id>.json``."""
+    try:
+        data = json.loads(Path(path).read_text())
+    except OSError as e:
+        raise ProvisionError(f"cannot read {path}: {e.strerror}", "no_file") from None
+    except ValueError:
+        raise ProvisionError(f"{path} is not JSON", "not_json") from None
+    mqtt = data.get("mqtt") if isinstance(data, dict) else None
+    if not isinstance(mqtt, dict) or set(mqtt) != MQTT_KEYS or not isinstance(data.get("device_id"), str):
+        raise ProvisionError(f"{path} is not a device credential from `metanoia gateway broker-config` "
+                             "(credentials/<device id>.json)", "bad_credentials")
+    return data["device_id"], mqtt
+
+
+def configure(t: Transport, *, credentials: Path | None = None, ca: bytes | None = None, bus: str = "None",
+              **settings_kw: Any) -> dict[str, Any]:
+    """Put a broker credential (and the complex's CA) and/or Wi-Fi on a provisioned device."""
+    settings: dict[str, Any] = {}
+    if settings_kw.get("wifi_ssid") is not None:
+        settings = settings_for("x", **settings_kw)
+        del settings["grid"]
+    if credentials is not None:
+        device_id, mqtt = load_credentials(credentials)
+        settings["mqtt"] = mqtt
+        settings["expect_device_id"] = device_id
+        if mqtt["ssl"] and ca is None:
+            raise ProvisionError("the credential is for a TLS broker: give --ca (ca.crt from broker-config)",
+                                 "missing_ca")
+    if not settings:
+        raise ProvisionError("nothing to configure: give --credentials and/or --wifi-ssid", "nothing_to_do")
+    if ca is not None:
+        if b"-----BEGIN CERTIFICATE-----" not in ca:
+            raise ProvisionError("--ca is not a PEM certificate", "missing_ca")
+        t.put(settings.get("mqtt", {}).get("ca_file") or "/ca.crt", ca)
+    return run_on_device(t, settings, bus, CONFIGURE)

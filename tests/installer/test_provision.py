@@ -148,3 +148,30 @@ def test_claim_codes_are_random_unambiguous_and_60_bits():
     assert not used & set("ILOU") and len(used) == 32
     assert claim.BITS >= 50
     assert claim.group_device_id("0123ee4f5d8c1a7b01") == "0123 EE4F 5D8C 1A7B 01"
+
+
+def test_the_broker_credential_issued_after_registration_lands_on_its_device_only(board, tmp_path: Path, capsys):
+    from gateway.installer.provision import configure
+
+    p = provision(board, gateway_url="https://gw", grid="oak-court", bus="BUS", out_dir=tmp_path / "r")
+    db, out = str(tmp_path / "gw.db"), tmp_path / "broker"
+    assert metanoia(["gateway", "devices", "add", str(p.path), "--db", db]) == 0
+    assert metanoia(["gateway", "broker-config", "--db", db, "--out", str(out), "--grid", "oak-court",
+                     "--hostname", "192.168.10.2"]) == 0
+    cred = out / "credentials" / f"{p.record['device_id']}.json"
+    ca = (out / "ca.crt").read_bytes()
+    with pytest.raises(ProvisionError) as e:
+        configure(board, credentials=cred, bus="BUS")
+    assert e.value.reason == "missing_ca"
+    # Another device's credential is refused before anything is written.
+    other = tmp_path / "other.json"
+    other.write_text(cred.read_text().replace(p.record["device_id"], "0123456789abcdefee"))
+    with pytest.raises(ProvisionError) as e:
+        configure(board, credentials=other, ca=ca, bus="BUS")
+    assert e.value.reason == "bad_device_config" and "0123456789abcdefee" in str(e.value)
+    assert "password" not in json.loads(board.get("/config.json"))["mqtt"]
+    dev = configure(board, credentials=cred, ca=ca, bus="BUS")
+    assert dev["device_id"] == p.record["device_id"] and dev["ssl"] and dev["mqtt_host"] == "192.168.10.2"
+    conf = json.loads(board.get("/config.json"))
+    assert conf["mqtt"] == json.loads(cred.read_text())["mqtt"] and board.get("/ca.crt") == ca
+    assert conf["grid"] == "oak-court"
