@@ -37,6 +37,10 @@ def hhmm(t: int | None) -> str:
     return "" if not t else datetime.fromtimestamp(t, KST).strftime("%H:%M")
 
 
+def md_hhmm(t: int | None) -> str:
+    return "" if not t else datetime.fromtimestamp(t, KST).strftime("%m-%d %H:%M")
+
+
 def kst(t: int | None) -> str:
     return "" if not t else datetime.fromtimestamp(t, KST).strftime("%Y-%m-%d %H:%M")
 
@@ -67,7 +71,7 @@ async def render_home(web: Web, request: Request, v: Visit, account: Account, *,
     return web.render(request, v, "home.html", status=status, view=view, devices=devices, error=error, ok=ok,
                       chart=household_chart(view, interval_s=web.config.interval_s), power=_power(view.live.power_w),
                       live_every=LIVE_EVERY_S, intervals=next_intervals(now, web.config.interval_s),
-                      hhmm=hhmm, kst=kst, form=form or {}, wallet=cx.wallet is not None,
+                      hhmm=hhmm, md_hhmm=md_hhmm, kst=kst, form=form or {}, wallet=cx.wallet is not None,
                       market=cx.domain is not None, chain=bool(web.config.validators))
 
 

@@ -51,7 +51,10 @@ def rig(tmp_path_factory):
 
 
 def _shot(page: Page, shots, name: str) -> None:  # type: ignore[no-untyped-def]
-    page.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+    """A full-page screenshot; TOTP secrets (text and QR) and typed codes are masked: the pictures
+    end up in docs/img and must not carry even a test account's secret."""
+    secret = [page.locator(sel) for sel in (".qr", "#totp-secret", "input[name=code]")]
+    page.screenshot(path=str(shots / f"{name}.png"), full_page=True, mask=secret, mask_color="#9aa5a0")
 
 
 def test_homeowner_scans_signs_up_enrols_pairs_and_sees_live_power(rig) -> None:

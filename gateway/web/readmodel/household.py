@@ -34,7 +34,7 @@ class LivePower:
     power_w: int | None            # + import / - export: the latest reading of each paired device, summed
     reading_time: int | None       # the device clock of the oldest of those readings (unix s)
     age_s: float | None            # now - reading_time
-    devices: int                   # paired devices
+    devices: int                   # paired devices in service (not revoked)
 
 
 @dataclass(frozen=True)
@@ -143,12 +143,13 @@ def _per_wh_to_won_kwh(v: int | None, won_per_noia: int) -> Decimal | None:
     return None if v is None else (Decimal(v) * 1000 * won_per_noia / NOIA_UNITS).normalize()
 
 
-def paired_devices(conn: sqlite3.Connection, grid: str, household: str) -> list[bytes]:
+def paired_devices(conn: sqlite3.Connection, grid: str, household: str, *, active_only: bool = True) -> list[bytes]:
+    """The household's meter devices in ``grid`` (a revoked one, e.g. a replaced meter, keeps its history)."""
     if "devices" not in tables(conn):
         return []
     return [bytes(r[0]) for r in conn.execute(
-        "SELECT device_id FROM devices WHERE grid = ? AND household = ? AND status = 'active' ORDER BY device_id",
-        (grid, household))]
+        "SELECT device_id FROM devices WHERE grid = ? AND household = ? AND (status = 'active' OR ?) "
+        "ORDER BY device_id", (grid, household, not active_only))]
 
 
 def live_power(conn: sqlite3.Connection, devices: list[bytes], now: float) -> LivePower:
@@ -240,10 +241,9 @@ async def household_view(cx: Complex, household: str, now: float | None = None) 
     now = time.time() if now is None else now
     src = cx.sources
     with cx.db() as conn:
-        devices = paired_devices(conn, src.grid, household)
-        if not devices:
+        if not paired_devices(conn, src.grid, household, active_only=False):
             raise cx.refuse("unknown_household", f"{household} has no paired device in grid {src.grid}")
-        live = live_power(conn, devices, now)
+        live = live_power(conn, paired_devices(conn, src.grid, household), now)
         d0 = kst_day_start(now)
         eng = IntervalEngine(conn, interval_s=src.interval_s)
         day = eng.household_intervals(household, d0, d0 + 86400)

@@ -69,6 +69,11 @@ class Sources:
             raise ReadModelError("bad_grid", "a grid id is 1-64 of [A-Za-z0-9._-]")
         if self.interval_s <= 0 or 86400 % self.interval_s:
             raise ReadModelError("bad_interval", "the interval divides a day")
+        for url in self.validators:
+            if not isinstance(url, str) or not re.match(r"^https?://[^\s/]+(/\S*)?$", url):
+                raise ReadModelError("bad_validator_url", f"not an http(s) URL: {str(url)[:80]!r}")
+        if not 0 < self.rpc_timeout_s <= 30:
+            raise ReadModelError("bad_timeout", "rpc_timeout_s in (0, 30]")
 
     @classmethod
     def demo_layout(cls, folder: str | Path, grid: str = "demo", *, validators: tuple[str, ...] = (),

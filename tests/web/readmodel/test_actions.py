@@ -139,3 +139,16 @@ def test_a_tampered_policy_shows_as_such_and_is_never_loosened(day: Day) -> None
     v = asyncio.run(household_view(day.cx, "sun-1", day.now))
     assert v.policy is None and v.policy_error == "tampered"
     refused(day.cx, "tampered", set_policy, day.cx, "sun-1", reserve_wh=0)
+
+
+def test_a_household_whose_meter_was_revoked_keeps_its_history_but_cannot_trade(day: Day) -> None:
+    from gateway.devices import DeviceRegistry
+    before = asyncio.run(household_view(day.cx, "dark-2", day.now))
+    conn = connect(day.db)
+    DeviceRegistry(conn).revoke(day.devices["dark-2"].device_id, "meter replaced")
+    conn.close()
+    after = asyncio.run(household_view(day.cx, "dark-2", day.now))
+    assert (after.live.devices, after.live.power_w) == (0, None) and before.live.devices == 1
+    assert (after.today, after.fills, after.bill) == (before.today, before.fills, before.bill)
+    nxt = (day.now // L + 1) * L
+    refused(day.cx, "unknown_household", place_manual_order, day.cx, "dark-2", "buy", nxt, 100, "100", now=day.now)

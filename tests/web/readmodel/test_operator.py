@@ -121,3 +121,20 @@ def test_a_wrong_database_path_is_refused_not_created(tmp_path) -> None:
     except ReadModelError as e:
         assert e.reason == "no_database" and cx.counters["no_database"] == 1
     assert not (tmp_path / "missing").exists()
+
+
+def test_sources_refuse_what_cannot_be_a_complex(tmp_path) -> None:
+    from gateway.web.readmodel import ReadModelError
+    for kw, reason in (({"grid": "a/b"}, "bad_grid"), ({"interval_s": 7}, "bad_interval"),
+                       ({"validators": ("file:///etc/passwd",)}, "bad_validator_url"),
+                       ({"validators": ("http://x y/",)}, "bad_validator_url"), ({"rpc_timeout_s": 0}, "bad_timeout")):
+        args = {"grid": "g", "gateway_db": tmp_path / "gateway.db"} | kw
+        try:
+            Sources(**args)
+            raise AssertionError(f"{kw} accepted")
+        except ReadModelError as e:
+            assert e.reason == reason
+    s = Sources.demo_layout(tmp_path, "g", validators=("http://127.0.0.1:1/",))
+    assert (s.gateway_db, s.wallet_dir, s.outbox_dbs, s.genesis) == (
+        tmp_path / "gateway.db", tmp_path / "market" / "wallet", (tmp_path / "market" / "market-outbox.db",), None)
+    assert s.all_outboxes == (tmp_path / "gateway.db", tmp_path / "market" / "market-outbox.db")
