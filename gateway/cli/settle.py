@@ -1,4 +1,6 @@
-"""``metanoia settle``: settle closed intervals on the chain (``run``), one interval (``interval START``), ``status``.
+"""``metanoia settle``: settle closed intervals on the chain (``run``), one interval (``interval START``), ``status``,
+and the reclaim watchtower (``reclaim-expired``: every fill nobody settled by its settle-timeout deadline
+gets its escrow back to its taker, sent from any account; gateway/market/reclaim_watch.py).
 
 Fills come from the agents' ``trades`` table and from the chain's own blocks (scanned
 and indexed in the gateway database); households of chain-only fills from the trades
@@ -50,6 +52,18 @@ def register(sub: argparse._SubParsersAction) -> None:
     one.add_argument("start", help="interval start: unix seconds or ISO 8601 (no offset = UTC)")
     chain_args(one)
     one.set_defaults(func=cmd_interval)
+
+    rw = ps.add_parser("reclaim-expired", help="watchtower: reclaim every fill on the chain that nobody settled "
+                                               "before its settle-timeout deadline (refunds go to the takers)")
+    rw.add_argument("--db", type=Path, required=True, help="database for the chain index, outbox and outcomes")
+    rw.add_argument("--rpc", required=True, help="validator JSON-RPC URL")
+    rw.add_argument("--genesis", type=Path, required=True, help="the chain's genesis (interval, settle timeout)")
+    rw.add_argument("--key", type=Path, required=True,
+                    help="the sending account's key file (0600); any account: a reclaim needs no NOIA")
+    rw.add_argument("--every", type=float, default=60.0, help="seconds between passes")
+    rw.add_argument("--once", action="store_true", help="one pass, then exit")
+    rw.add_argument("--json", action="store_true", help="one JSON object on the last line")
+    rw.set_defaults(func=cmd_reclaim_expired)
 
     st = ps.add_parser("status", help="settled / open / failed intervals and their batches")
     st.add_argument("--db", type=Path, required=True)
@@ -189,3 +203,45 @@ def cmd_status(args: argparse.Namespace) -> int:
                      + (f" late_roots={late}" if late else ""))
     _print(args, {"grid": args.grid, "counts": counts, "intervals": rows}, "\n".join(lines) or "no settlements yet")
     return 0
+
+
+def cmd_reclaim_expired(args: argparse.Namespace) -> int:
+    from gateway.chain_client import BundledBackend, ClientConfig, Outbox, OutboxChainClient, StaticKeyring
+    from gateway.cli.peer import read_key_file
+    from gateway.db import open_gateway_db
+    from gateway.market.reclaim_watch import Watchtower
+    from gateway.market.settlement_fills import ChainFillIndex
+    from gateway.validator.crypto import address_of, private_key
+    from gateway.validator.genesis import load_genesis
+
+    async def go() -> int:
+        key = private_key(read_key_file(args.key))
+        g = load_genesis(args.genesis)
+        backend = BundledBackend.from_genesis(args.rpc, g)
+        conn = open_gateway_db(args.db)
+        outbox = Outbox(args.db, backend.name)
+        client = OutboxChainClient(backend, outbox, StaticKeyring([key]), config=ClientConfig())
+        tower = Watchtower(conn, client, ChainFillIndex(conn, backend.name, backend.domain), g.params(),
+                           address_of(key))
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        try:
+            async with client:
+                if not args.once:
+                    await tower.run(stop, args.every)
+                    return 0
+                done = await tower.run_once()
+            _print(args, {"outcomes": [o.to_json() for o in done]},
+                   "\n".join(f"0x{o.fill_id.hex()} {o.outcome}" + (f" {o.reason}" if o.reason else "")
+                             for o in done) or "nothing to reclaim")
+            return 0
+        finally:
+            outbox.close()
+            conn.close()
+    try:
+        return asyncio.run(go())
+    except Exception as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -57,9 +57,11 @@ def key_of(fill_id: bytes) -> str:
 
 
 async def reclaim_fill(client: OutboxChainClient, taker: bytes, fill_id: bytes, params: ChainParams, *,
-                       wait_s: float = 60.0, clock: Callable[[], float] = time.time) -> ReclaimResult:
+                       wait_s: float = 60.0, clock: Callable[[], float] = time.time,
+                       sender: bytes | None = None) -> ReclaimResult:
     """Reclaim ``fill_id``'s escrow for ``taker`` (a household's address); raises ``ReclaimRefused`` before
-    submitting anything the chain would refuse for a reason the gateway can see."""
+    submitting anything the chain would refuse for a reason the gateway can see. ``sender``: the account
+    that sends it (default: the taker; the watchtower sends from its own)."""
     if len(fill_id) != 32:
         raise ValueError("a fill id is 32 bytes")
     esc = await client.escrow(fill_id)
@@ -70,7 +72,7 @@ async def reclaim_fill(client: OutboxChainClient, taker: bytes, fill_id: bytes, 
     deadline = params.reclaim_deadline(esc.interval_start)
     if clock() < deadline:
         raise ReclaimRefused(RECLAIM_TOO_EARLY, f"reclaimable from {deadline} (unix s)")
-    sid = await client.submit(Intent(key_of(fill_id), taker, Reclaim(fill_id)))
+    sid = await client.submit(Intent(key_of(fill_id), taker if sender is None else sender, Reclaim(fill_id)))
     return ReclaimResult(fill_id, esc.noia, deadline, await client.wait_final(sid, wait_s))
 
 
