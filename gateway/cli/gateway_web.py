@@ -7,6 +7,7 @@
   from the terminal (or stdin with ``--password-stdin``), never from argv.
 - ``link-household LOGIN HOUSEHOLD``: give a homeowner account a household
   whose meters were paired outside the pages.
+- ``reset-2fa LOGIN``: a lost phone; the account enrols again.
 """
 
 from __future__ import annotations
@@ -59,6 +60,13 @@ def register(gsub: argparse._SubParsersAction) -> None:
     k.add_argument("--db", required=True, type=Path)
     k.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret)")
     k.set_defaults(func=cmd_link_household)
+
+    z = wsub.add_parser("reset-2fa", help="forget an account's authenticator (a lost phone) and sign it out "
+                                          "everywhere; it enrols again at its next sign-in")
+    z.add_argument("login")
+    z.add_argument("--db", required=True, type=Path)
+    z.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret)")
+    z.set_defaults(func=cmd_reset_2fa)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -118,6 +126,26 @@ def cmd_link_household(args: argparse.Namespace) -> int:
         print(f"metanoia gateway web link-household: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(f"{account.login} is household {args.household}")
+    return EXIT_OK
+
+
+def cmd_reset_2fa(args: argparse.Namespace) -> int:
+    from gateway.web.accounts import AccountError
+    from gateway.web.passwords import AccountInputError, normalise_login
+    from gateway.web.sealing import SealError
+    from gateway.web.sessions import Sessions
+
+    try:
+        accounts = _accounts(args)
+        account = accounts.by_login(normalise_login(args.login))
+        if account is None:
+            raise AccountError("unknown_account", f"no account {args.login}")
+        accounts.reset_totp(account)
+        Sessions(accounts.conn, idle_s=1, absolute_s=1, anon_s=1).delete_account(account.id)
+    except (AccountInputError, AccountError, SealError) as exc:
+        print(f"metanoia gateway web reset-2fa: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{account.login}: two-factor authentication reset, every session ended")
     return EXIT_OK
 
 

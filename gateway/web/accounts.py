@@ -159,6 +159,13 @@ class Accounts:
     def _bound(self, account_id: int) -> bytes:
         return b"totp:%d" % account_id
 
+    def reset_totp(self, account: Account) -> None:
+        """Forget the account's TOTP secret (a lost phone; an operator's act after checking who asks).
+        The caller also ends the account's sessions."""
+        self.conn.execute("UPDATE web_accounts SET totp_secret = NULL, totp_pending = NULL WHERE id = ?",
+                          (account.id,))
+        log.warning("web account id=%s: TOTP reset", account.id)
+
     def start_enrolment(self, account: Account) -> str:
         """A fresh pending TOTP secret (base32) for ``account``; replaces any earlier pending one."""
         secret = pyotp.random_base32()

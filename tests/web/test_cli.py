@@ -57,3 +57,16 @@ def test_serve_refuses_a_wallet_without_its_master_secret(tmp_path, capsys, monk
     rc = cli_main(["gateway", "web", "serve", "--db", str(tmp_path / "g.db"), "--grid", "demo",
                    "--wallet-dir", str(tmp_path / "wallet"), "--insecure-cookie"])
     assert rc == 2 and "METANOIA_WALLET_SECRET" in capsys.readouterr().err
+
+
+def test_reset_2fa_forgets_the_secret_and_ends_sessions(tmp_path, capsys) -> None:
+    from tests.web.kit import Clock, enrol, make_web, signup
+    clock = Clock()
+    web = make_web(tmp_path, clock=clock)
+    user = signup(web, "kim@example.com")
+    enrol(web, user, clock)
+    assert web.store().accounts.by_login("kim@example.com").totp_enabled  # type: ignore[union-attr]
+    assert cli_main(["gateway", "web", "reset-2fa", "kim@example.com", "--db", str(web.config.db)]) == 0
+    assert not web.store().accounts.by_login("kim@example.com").totp_enabled  # type: ignore[union-attr]
+    assert user.c.get("/home").status_code == 303   # signed out everywhere
+    assert cli_main(["gateway", "web", "reset-2fa", "nobody@example.com", "--db", str(web.config.db)]) == 1
