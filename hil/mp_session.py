@@ -48,7 +48,7 @@ class NodeSession:
         if not line:
             err = self._proc.stderr.read() if self._proc.stderr else ""
             raise DeviceError(f"the MicroPython session ended: {err.strip()[-300:]}", "no_repl")
-        reply = json.loads(line)
+        reply: dict[str, object] = json.loads(line)
         if not reply.get("ok"):
             tb = str(reply.get("error", ""))
             last = tb.strip().splitlines()[-1] if tb.strip() else "error"

@@ -10,6 +10,7 @@ import os
 import secrets
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 from gateway.installer import InstallerError
 
@@ -20,7 +21,7 @@ DEVICE_REASONS = {"not_in_download_mode", "wrong_chip", "verify_mismatch", "veri
                   "device_error", "no_firmware"}
 
 
-def register(dsub: argparse._SubParsersAction) -> None:
+def register(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     b = dsub.add_parser("build", help="compile the firmware with mpy-cross into a bundle with its config")
     b.add_argument("--config", type=Path, help="site config (TOML; docs/installer.md); default: demo defaults")
     b.add_argument("--out", required=True, type=Path, help="bundle folder (replaced if it holds an older bundle)")
@@ -69,7 +70,7 @@ def register(dsub: argparse._SubParsersAction) -> None:
     lab.set_defaults(func=guarded(run_label))
 
 
-def guarded(func):  # type: ignore[no-untyped-def]
+def guarded(func: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
     """Installer errors -> ``error [reason]: message`` and exit 1 (device) or 2 (input)."""
     def run(args: argparse.Namespace) -> int:
         try:
@@ -116,7 +117,7 @@ def run_provision(args: argparse.Namespace) -> int:
     from gateway.installer import provision
 
     password = wifi_password(args.wifi_ssid)
-    kw = dict(gateway_url=args.gateway, grid=args.grid, name=args.name, profile=args.profile, out_dir=args.out,
+    kw: dict[str, Any] = dict(gateway_url=args.gateway, grid=args.grid, name=args.name, profile=args.profile, out_dir=args.out,
               wifi_ssid=args.wifi_ssid, wifi_password=password)
     if args.port == "emulator":
         from gateway.installer import build
@@ -130,12 +131,12 @@ def run_provision(args: argparse.Namespace) -> int:
             # A new chip each run: the seed comes from the host (no os.urandom under Node).
             t.exec("import atecc608_emulator as E\nBUS = E.ATECC608Emulator(provisioned=False, blank=True, "
                    f"seed=bytes.fromhex('{secrets.token_hex(16)}'))\n")
-            p = provision.provision(t, bus="BUS", **kw)  # type: ignore[arg-type]
+            p = provision.provision(t, bus="BUS", **kw)
     else:
         from gateway.installer.transport import MpremoteTransport, check_port
 
         check_port(args.port)
-        p = provision.provision(MpremoteTransport(args.port), **kw)  # type: ignore[arg-type]
+        p = provision.provision(MpremoteTransport(args.port), **kw)
     dev, rec = p.device, p.record
     chip = ("configured and locked the ATECC608, " if dev["configured"] else "") + \
         ("generated its key" if dev["fresh_key"] else "the chip already had its key (kept)")
@@ -175,13 +176,14 @@ def run_configure(args: argparse.Namespace) -> int:
 
 def run_label(args: argparse.Namespace) -> int:
     from gateway.installer import label
+    from gateway.installer.site import check_gateway_url
 
     labels = [label.load_label(r, args.gateway) for r in args.record]
     ids = [lab.device_id for lab in labels]
     if len(set(ids)) != len(ids):
         print("error [duplicate_record]: the same device is given twice", file=sys.stderr)
         return 2
-    pages = label.render(labels, label.check_gateway_url(args.gateway), skip=args.skip)
+    pages = label.render(labels, check_gateway_url(args.gateway), skip=args.skip)
     paths = label.write(pages, args.out)
     print(f"{len(labels)} label(s) on {len(pages)} sheet(s): {', '.join(map(str, paths))}")
     return 0

@@ -113,7 +113,7 @@ def check_device_config(cfg: dict[str, object]) -> None:
     import hil.firmware_host
 
     hil.firmware_host.install()
-    from device import config as fwconfig  # noqa: PLC0415 (firmware modules need the path first)
+    from device import config as fwconfig  # type: ignore[import-not-found]  # on the path only now
 
     with tempfile.TemporaryDirectory() as tmp:
         p = Path(tmp) / "config.json"
@@ -126,7 +126,7 @@ def check_device_config(cfg: dict[str, object]) -> None:
 
 def _is_bundle(out: Path) -> bool:
     try:
-        return json.loads((out / MANIFEST).read_text()).get("format") == FORMAT
+        return bool(json.loads((out / MANIFEST).read_text()).get("format") == FORMAT)
     except (OSError, ValueError, AttributeError):
         return False
 
