@@ -65,6 +65,7 @@ class Relayer:
         self.validators = Validators(list(self.cfg.side_urls), timeout=self.cfg.rpc_timeout)
         self.journal = Journal(self.cfg.journal)
         self.side: OutboxChainClient | None = None
+        self.side_key = private_key(self.cfg.side_key) if self.cfg.side_key is not None else None
         self.started = False
 
     def count(self, what: str, n: int = 1) -> None:
@@ -179,14 +180,15 @@ class Relayer:
     # ---- the side-chain record ---------------------------------------------------------------
 
     async def _side_client(self) -> OutboxChainClient | None:
-        if self.cfg.side_key is None:
+        key = self.side_key
+        if key is None:
             return None
         if self.side is None:
-            key = private_key(self.cfg.side_key)
             if address_of(key) not in self.authorities:
                 log.warning("--side-key 0x%s is not an authority: anchored checkpoints are not recorded on the "
                             "side chain", address_of(key).hex())
-                self.cfg = _without_side_key(self.cfg)
+                self.count("side_key_not_authority")
+                self.side_key = None
                 return None
             url, chain_id = await self._live_side()
             # Only fills use the domain's contract; a checkpoint tx is signed over its body alone.
@@ -212,9 +214,9 @@ class Relayer:
         if not due:
             return
         client = await self._side_client()
-        if client is None:
+        if client is None or self.side_key is None:
             return
-        sender = address_of(private_key(self.cfg.side_key or b""))
+        sender = address_of(self.side_key)
         for e in due:
             intent = Intent(f"anchor-checkpoint:0x{e.registry.hex()}:{e.height}", sender,
                             CheckpointTx(e.height, e.block_hash, e.state_root))
@@ -237,13 +239,11 @@ class Relayer:
             except ChainClientError as exc:
                 self.count(f"error_{exc.reason}")
                 log.warning("anchor round: %s", exc)
+            except (KeyError, TypeError, ValueError) as exc:   # a malformed answer from either chain's RPC
+                self.count("error_bad_response")
+                log.warning("anchor round: malformed answer: %r", exc)
             done += 1
             try:
                 await asyncio.wait_for(stop.wait(), self.cfg.poll)
             except asyncio.TimeoutError:
                 pass
-
-
-def _without_side_key(cfg: RelayerConfig) -> RelayerConfig:
-    from dataclasses import replace
-    return replace(cfg, side_key=None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from pathlib import Path
 
 from gateway.anchor.journal import ANCHORED
 from gateway.anchor.relayer import Relayer, RelayerConfig
@@ -172,3 +173,19 @@ def test_confirmations_wait_for_depth_on_the_main_chain(rig: AnchorRig) -> None:
         _no_double_anchoring(rig)
     finally:
         rig.start_relayer()
+
+
+def test_unreachable_chains_are_counted_rounds_go_on(rig: AnchorRig, tmp_path: Path) -> None:
+    async def rounds(main_url: str, side_urls: tuple[str, ...]) -> dict[str, int]:
+        cfg = RelayerConfig(side_urls=side_urls, main_url=main_url, registry=rig.registry, key=RELAYER_KEY.secret,
+                            journal=tmp_path / f"j{len(side_urls)}.db", poll=0.01, rpc_timeout=2)
+        r = Relayer(cfg)
+        try:
+            await r.run(asyncio.Event(), rounds=3)
+        finally:
+            await r.aclose()
+        return r.counters
+    assert asyncio.run(rounds("http://127.0.0.1:9/", tuple(rig.urls))) == {"error_main_unavailable": 3}
+    # the registry answers, but only 2 of 4 validators are reachable: below the threshold, nothing is signed
+    c = asyncio.run(rounds(rig.anvil.url, (rig.urls[0], "http://127.0.0.1:9/")))
+    assert c == {"error_side_unavailable": 3}
