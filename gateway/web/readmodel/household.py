@@ -67,7 +67,7 @@ class BillView:
     paid_won: Decimal              # NOIA paid for it, in won
     received_won: Decimal
     comparison: P2PComparison | None   # bill.p2p_comparison: KEPCO's bill with and without P2P
-    next_kwh_won: Decimal | None   # the Oracle: what the next kWh from KEPCO costs (marginal tier, all-in)
+    next_kwh_won: Decimal | None   # the Oracle: the next kWh from KEPCO at the month's billed kWh so far (all-in)
     error: str | None = None       # a tariff reason when the bill cannot be computed
 
     @property
@@ -188,7 +188,8 @@ def bill_view(cx: Complex, conn: sqlite3.Connection, household: str, now: float)
         comparison = p2p_comparison(src.tariff, month, import_wh=imp, export_wh=exp, bought_wh=money["bought_wh"],
                                     sold_wh=money["sold_wh"], paid_won=paid, received_won=received)
         oracle = Oracle(tariff=src.tariff, won_per_noia=src.won_per_noia)
-        nxt = oracle.buyer_ceiling(kst_date(int(now)), Decimal(imp - money["bought_wh"]) / 1000).won_per_kwh
+        billed = comparison.with_p2p.billed_kwh      # what KEPCO bills so far (net metering, P2P Wh taken out)
+        nxt = oracle.buyer_ceiling(kst_date(int(now)), Decimal(billed)).won_per_kwh
     except TariffError as e:
         error = e.reason
     return BillView(month, src.tariff, imp, exp, money["bought_wh"], money["sold_wh"], paid, received,

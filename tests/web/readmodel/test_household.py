@@ -96,7 +96,10 @@ def test_balance_and_bill_agree_with_the_chain_and_bill_py(day: Day, h: str) -> 
         (imp, exp, a["bought_wh"], a["sold_wh"])
     assert v.bill.comparison.to_json() == expect.to_json()
     assert v.bill.savings_won == expect.savings_won
-    assert v.bill.next_kwh_won is not None and v.bill.next_kwh_won > 0
+    from gateway.market.bill import kst_date
+    from gateway.market.oracle import Oracle
+    assert v.bill.next_kwh_won == Oracle().buyer_ceiling(kst_date(day.now), Decimal(expect.with_p2p.billed_kwh)).won_per_kwh
+    assert v.bill.next_kwh_won > 100                                   # KEPCO's first tier is 120 won/kWh before levies
 
 
 def test_policy_recs_and_json(day: Day) -> None:
