@@ -108,3 +108,16 @@ def test_claim_attempts_are_rate_limited_per_account_and_per_device(tmp_path) ->
     clock.t += 120
     assert lee.c.get(f"/pair?d={device}&c={claim}").status_code == 200
     assert web.guard.counters["claim_rate_limited"] == 4
+
+
+def test_the_label_url_of_the_installer_tools_opens_the_pairing_page(tmp_path) -> None:
+    """The contract with ``metanoia device label``: its QR content, with codes that need quoting."""
+    from gateway.installer.label import pairing_url
+    web = make_web(tmp_path)
+    for claim in ("K7QX-42RM-9TZD", "a+b/c=d&e f%"):
+        device, claim = add_device(web, None, claim=claim)
+        user = signup(web, f"{device}@example.com")
+        url = pairing_url(web.config.public_url, device, claim)
+        r = user.c.get(url)
+        assert r.status_code == 200 and "Add this meter?" in r.text, claim
+        assert pair(user, device, claim).status_code == 200
