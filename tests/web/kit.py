@@ -99,7 +99,7 @@ def add_device(web: Web, name: str | None = "101-A", claim: str | None = None) -
 
 
 def pair(user: User, device: str, claim: str) -> Any:
-    page = user.c.get(f"/pair?d={device}&c={claim}")
+    page = user.c.get("/pair", params={"d": device, "c": claim})
     assert page.status_code == 200, page.text
     return user.c.post("/pair", data={"csrf": csrf_of(page.text), "d": device, "c": claim},
                        headers={"origin": ORIGIN})
