@@ -3,6 +3,7 @@
 The side-chain RPC is not trusted: everything it returns is checked against the checkpoint read from the
 registry on the main chain, which more than two thirds of the authorities signed:
 
+0. with the side chain's genesis file: the registry anchors that chain (``wrong_chain``);
 1. the lowest anchored checkpoint C at or above the block's height H (``no_checkpoint`` if none yet);
 2. the raw headers H..C: each decodes (``bad_header``), has the expected height and chain id, and names
    the previous one's hash as its parent (``parent_hash_mismatch``); the header at C hashes to the
@@ -30,7 +31,7 @@ from gateway.validator.tx import TYPE_NAMES, decode_tx
 from .errors import (BAD_HEADER, BAD_RESPONSE, BAD_TX, CHAIN_ID_MISMATCH, CHECKPOINT_HASH_MISMATCH,
                      HEADER_HEIGHT_MISMATCH, HEADER_MISSING, NO_CHECKPOINT, PARENT_HASH_MISMATCH,
                      SIDE_UNAVAILABLE, STATE_ROOT_MISMATCH, TX_HASH_MISMATCH, TX_NOT_IN_BLOCK, TX_PROOF_INVALID,
-                     TX_UNKNOWN, AnchorError)
+                     TX_UNKNOWN, WRONG_CHAIN, AnchorError)
 from .registry import Anchored, Registry
 
 
@@ -150,15 +151,19 @@ def check_tx(p: dict[str, Any], tx_hash: bytes, header: Header) -> dict[str, Any
 
 
 async def verify_checkpoint(side: JsonRpcClient, registry: Registry, height: int | None,
-                            tx_hash: bytes | None = None, *, from_block: int = 0) -> Verdict:
+                            tx_hash: bytes | None = None, *, from_block: int = 0,
+                            genesis_hash: bytes | None = None) -> Verdict:
     """The whole check; a failure is a ``Verdict`` with ``ok`` false and the specific ``reason``.
 
     ``height`` None (with a tx): the block the side chain names for the tx; a wrong name cannot pass,
-    since the tx's proof must then check against that block's anchored txRoot."""
+    since the tx's proof must then check against that block's anchored txRoot. ``genesis_hash`` (from a
+    genesis file the verifier holds): the registry must be this side chain's (``wrong_chain``)."""
     if height is None and tx_hash is None:
         raise ValueError("a block height, a tx hash or both")
     v = Verdict(ok=False, block=height if height is not None else 0)
     try:
+        if genesis_hash is not None and (reg := await registry.genesis_hash()) != genesis_hash:
+            raise AnchorError(WRONG_CHAIN, f"the registry anchors side chain {_hex(reg)}, not {_hex(genesis_hash)}")
         proof = await fetch_tx_proof(side, tx_hash) if tx_hash is not None else None
         if height is None:
             assert proof is not None

@@ -4,7 +4,8 @@
   chain of that genesis (gateway/anchor/deploy.py).
 - ``chain anchor --rpc SIDE_URL... --main-rpc URL --registry ADDR --key FILE [--every N]``: the relayer
   (gateway/anchor/relayer.py), until SIGINT/SIGTERM, or ``--rounds N``.
-- ``chain verify --checkpoint --rpc SIDE_URL --main-rpc URL --registry ADDR --block H [--tx HASH] [--json]``:
+- ``chain verify --checkpoint --rpc SIDE_URL --main-rpc URL --registry ADDR --block H [--tx HASH] [--genesis FILE]
+  [--json]``:
   exit 0 when the block (and the tx) are covered by an anchored checkpoint, 1 when the proof fails (the
   reason says where), 2 on bad arguments.
 
@@ -64,6 +65,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="the block to prove (with --tx it may be left out: the block the side chain names)")
     v.add_argument("--tx", default=None, metavar="TXHASH", help="also prove this tx is in the block")
     v.add_argument("--from-block", type=int, default=0, help="main-chain block to search checkpoint logs from")
+    v.add_argument("--genesis", type=Path, default=None,
+                   help="the side chain's genesis file: check the registry anchors this chain")
     v.add_argument("--json", action="store_true", help="one JSON object as the last line")
     v.set_defaults(func=cmd_verify)
 
@@ -155,17 +158,20 @@ def cmd_verify(args: argparse.Namespace) -> int:
     from gateway.anchor.registry import Registry
     from gateway.anchor.verify import verify_checkpoint
     from gateway.chain_client.rpc import JsonRpcClient
+    from gateway.validator.errors import GenesisError
+    from gateway.validator.genesis import load_genesis
 
     try:
         registry = _address(args.registry)
         tx = bytes.fromhex(args.tx.removeprefix("0x")) if args.tx else None
         if tx is not None and len(tx) != 32:
             raise ValueError("--tx: a 32-byte hash")
+        genesis_hash = load_genesis(args.genesis).hash if args.genesis else None
         if args.block is None and tx is None:
             raise ValueError("--block HEIGHT, --tx TXHASH or both")
         if args.block is not None and args.block < 1:
             raise ValueError("--block: a height >= 1 (block 0 is the genesis)")
-    except ValueError as exc:
+    except (ValueError, OSError, GenesisError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
 
@@ -173,7 +179,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         evm = EvmRpc(args.main_rpc)
         side = JsonRpcClient(args.rpc)
         try:
-            v = await verify_checkpoint(side, Registry(evm, registry), args.block, tx, from_block=args.from_block)
+            v = await verify_checkpoint(side, Registry(evm, registry), args.block, tx, from_block=args.from_block,
+                                        genesis_hash=genesis_hash)
         finally:
             await side.aclose()
             await evm.aclose()

@@ -144,6 +144,13 @@ def test_block_above_the_last_checkpoint_is_not_covered_and_cli_json(rig: Anchor
     out = json.loads(p.stdout.strip().splitlines()[-1])
     assert out["ok"] and out["tx"]["hash"] == "0x" + tx.hex() and out["checkpoint"]["height"] == c
     assert out["block"] == h and f"is in block {h}" in p.stdout
+    genesis = rig.tmp / "genesis.json"
+    assert cli_main(base[3:] + ["--block", str(h), "--genesis", str(genesis)]) == 0
+    other = rig.tmp / "other-genesis.json"
+    other.write_text(genesis.read_text().replace('"net-test"', '"another-chain"'))
+    assert cli_main(base[3:] + ["--block", str(h), "--genesis", str(other)]) == 1
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (out["ok"], out["reason"]) == (False, "wrong_chain")
     assert cli_main(base[3:] + ["--tx", tx.hex()]) == 0
     stdout = capsys.readouterr().out
     out = json.loads(stdout.strip().splitlines()[-1])
