@@ -109,8 +109,8 @@ class HouseholdView:
     grid: str
     now: int
     live: LivePower
-    today: Totals
-    intervals: tuple[IntervalPoint, ...]   # the KST day of ``now``
+    today: Totals                          # the KST day shown (``now``'s unless ``day`` was given)
+    intervals: tuple[IntervalPoint, ...]   # that day's intervals
     fills: tuple[FillView, ...]            # newest interval first
     address: str | None                    # the household's chain address
     balance_noia: Decimal | None           # from the chain; None when no validator answered
@@ -231,10 +231,12 @@ def manual_orders(cx: Complex, conn: sqlite3.Connection, household: str, now: fl
     return list(reversed(mo.list(household)))
 
 
-async def household_view(cx: Complex, household: str, now: float | None = None) -> HouseholdView:
+async def household_view(cx: Complex, household: str, now: float | None = None, *, day: float | None = None,
+                         fills_limit: int = 200) -> HouseholdView:
     """Everything the household page shows, for ``household`` only (already authenticated by the caller).
 
-    ``now``: the gateway's clock (default the wall clock): today, this month, the age of the last reading."""
+    ``now``: the gateway's clock (default the wall clock): this month, the age of the last reading, and the
+    day shown unless ``day`` (any time in another KST day) is given; ``fills_limit``: newest fills listed."""
     try:
         check_household(household)
     except ReadModelError as e:
@@ -245,14 +247,16 @@ async def household_view(cx: Complex, household: str, now: float | None = None) 
         if not paired_devices(conn, src.grid, household, active_only=False):
             raise cx.refuse("unknown_household", f"{household} has no paired device in grid {src.grid}")
         live = live_power(conn, paired_devices(conn, src.grid, household), now)
-        d0 = kst_day_start(now)
+        d0 = kst_day_start(now if day is None else day)
         eng = IntervalEngine(conn, interval_s=src.interval_s)
-        day = eng.household_intervals(household, d0, d0 + 86400)
+        rows = eng.household_intervals(household, d0, d0 + 86400)
         p2p = _p2p_by_interval(conn, src.grid, household, d0, d0 + 86400)
         points = tuple(IntervalPoint(i.start, i.import_wh, i.export_wh, i.pv_wh, p2p.get(i.start, [0, 0])[0],
-                                     p2p.get(i.start, [0, 0])[1], i.estimated) for i in day)
-        today = Totals(d0, sum(i.import_wh for i in day), sum(i.export_wh for i in day), sum(i.pv_wh for i in day))
-        fills = tuple(fill_views(conn, src.all_outboxes, src.grid, household, won_per_noia=src.won_per_noia))
+                                     p2p.get(i.start, [0, 0])[1], i.estimated) for i in rows)
+        today = Totals(d0, sum(i.import_wh for i in rows), sum(i.export_wh for i in rows),
+                       sum(i.pv_wh for i in rows))
+        fills = tuple(fill_views(conn, src.all_outboxes, src.grid, household, won_per_noia=src.won_per_noia,
+                                 limit=max(1, min(fills_limit, 1000))))
         bill = bill_view(cx, conn, household, now)
         orders = tuple(manual_orders(cx, conn, household, now))
         recs = rec_view(conn, src.grid, household)

@@ -165,3 +165,10 @@ def test_a_chain_that_does_not_answer_leaves_the_page_with_no_balance(day: Day) 
     assert v.fills and v.bill.comparison is not None           # everything from the database is still there
     none = dataclasses.replace(cx, sources=dataclasses.replace(cx.sources, validators=()))
     assert asyncio.run(household_view(none, "sun-1", day.now)).balance_error == "no_validator"
+
+
+def test_another_day_and_a_shorter_fill_list(day: Day) -> None:
+    v = view(day, "sun-1")
+    before = asyncio.run(household_view(day.cx, "sun-1", day.now, day=day.start - 86400, fills_limit=2))
+    assert before.intervals == () and before.today.import_wh == 0 and before.today.since == v.today.since - 86400
+    assert before.fills == v.fills[:2] and before.live == v.live and before.bill == v.bill
