@@ -2,8 +2,8 @@
 
 Layout of ``OUT/``::
 
-    manifest.json       format, firmware version, grid, gateway URL, and per file
-                        its device path, size and SHA-256 (sorted by path)
+    manifest.json       format, firmware version, grid, gateway URL, the .mpy format
+                        version, and per file its device path, size and SHA-256
     fs/                 the device's file system exactly as it will be:
       main.py           source: MicroPython runs main.py, never main.mpy
       config.json       the device config from the site config
@@ -64,6 +64,7 @@ class Bundle:
     gateway_url: str
     profile: str
     files: tuple[FileEntry, ...]
+    mpy_version: int      # .mpy format major version (byte 1 of each .mpy); the device must read it
 
     @property
     def fs(self) -> Path:
@@ -71,7 +72,7 @@ class Bundle:
 
     def to_json(self) -> dict[str, object]:
         return {"format": FORMAT, "firmware_version": self.version, "grid": self.grid,
-                "gateway_url": self.gateway_url, "profile": self.profile,
+                "gateway_url": self.gateway_url, "profile": self.profile, "mpy_version": self.mpy_version,
                 "files": [{"path": f.path, "size": f.size, "sha256": f.sha256} for f in self.files]}
 
 
@@ -166,7 +167,10 @@ def build(site: SiteConfig, out: Path, firmware: Path = FIRMWARE) -> Bundle:
             if p.is_file():
                 data = p.read_bytes()
                 files.append(FileEntry(p.relative_to(fs).as_posix(), len(data), hashlib.sha256(data).hexdigest()))
-        bundle = Bundle(out, version, site.grid, site.gateway_url, site.profile, tuple(files))
+        mpy_versions = {(fs / f.path).read_bytes()[1] for f in files if f.path.endswith(".mpy")}
+        if len(mpy_versions) != 1:
+            raise BuildError(f"mpy-cross wrote .mpy versions {sorted(mpy_versions)}: expected one", "mpy_cross")
+        bundle = Bundle(out, version, site.grid, site.gateway_url, site.profile, tuple(files), mpy_versions.pop())
         (stage / MANIFEST).write_text(json.dumps(bundle.to_json(), indent=1, sort_keys=True) + "\n")
         if out.exists():
             shutil.rmtree(out)
@@ -193,4 +197,4 @@ def load(root: Path) -> Bundle:
         p = root / FS / f.path
         if not p.is_file() or hashlib.sha256(p.read_bytes()).hexdigest() != f.sha256:
             raise BuildError(f"{p} differs from the manifest: rebuild the bundle", "bad_bundle")
-    return Bundle(root, m["firmware_version"], m["grid"], m["gateway_url"], m["profile"], files)
+    return Bundle(root, m["firmware_version"], m["grid"], m["gateway_url"], m["profile"], files, m["mpy_version"])

@@ -9,7 +9,7 @@ Order (each step a real command; ``--dry-run`` prints them exactly):
    whole flash, for new boards only (it restarts the device's seq at 1).
 2. ``exec``: remove ``main.py`` (no device loop, so no watchdog), ``reset``, wait
    for the REPL.
-3. ``exec``: remove the firmware packages (a stale ``.py`` would shadow its
+3. ``exec``: check the board reads the bundle's .mpy version; remove the firmware packages (a stale ``.py`` would shadow its
    ``.mpy``), then ``cp -r`` the bundle's files (``config.json`` unless
    ``--keep-config``, which keeps a provisioned device's settings).
 4. ``exec``: SHA-256 of every bundle file on the device, compared with the
@@ -163,10 +163,14 @@ def plan(o: Options) -> list[Step]:
         mp = MpremoteTransport(o.port)
         names = bundle_names(b, o.keep_config)
         packages = [n for n in names if (b.fs / n).is_dir()]
+        if o.firmware is not None:
+            steps.append(Step(f"wait until MicroPython's first boot gives a REPL (up to {o.repl_timeout:.0f} s)"))
         steps += [
             Step("remove main.py: the board boots to a quiet REPL, no watchdog", tuple(mp.argv("exec", DISARM))),
             Step("reset", tuple(mp.argv("reset"))),
             Step(f"wait until the REPL answers (up to {o.repl_timeout:.0f} s)"),
+            Step(f"check that the board's MicroPython reads .mpy version {b.mpy_version}",
+                 tuple(mp.argv("exec", MPY_CHECK))),
             Step("remove the old firmware packages", tuple(mp.argv("exec", CLEAN % json.dumps(packages)))),
             Step(f"copy bundle {b.version}", tuple(mp.argv(*mp.tree_args(b.fs, names))), b.fs),
             Step("read back the SHA-256 of every file and compare with the manifest",
@@ -231,8 +235,23 @@ def verify(t: Transport, b: Bundle, keep_config: bool = False) -> list[str]:
     return [p for p in paths if got.get(p) != want[p]]
 
 
+MPY_CHECK = """import sys
+print(getattr(sys.implementation, "_mpy", 0) & 0xFF, sys.version)
+"""
+
+
+def check_mpy(t: Transport, b: Bundle) -> None:
+    """The board's MicroPython must load the bundle's .mpy format (6: MicroPython 1.19+)."""
+    out = t.exec(MPY_CHECK).strip().splitlines()[-1]
+    got, _, version = out.partition(" ")
+    if int(got) != b.mpy_version:
+        raise FlashError(f"the board's MicroPython ({version}) reads .mpy version {got}, the bundle has "
+                         f"{b.mpy_version}: flash a current MicroPython with --firmware", "mpy_mismatch")
+
+
 def install_bundle(t: Transport, b: Bundle, keep_config: bool = False) -> None:
     """Steps 3-4 over any transport (the real board, or MicroPython under Node)."""
+    check_mpy(t, b)
     names = bundle_names(b, keep_config)
     t.exec(CLEAN % json.dumps([n for n in names if (b.fs / n).is_dir()]), timeout=120.0)
     t.put_tree(b.fs, names)

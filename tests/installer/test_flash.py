@@ -98,6 +98,18 @@ def test_install_verifies_and_a_mismatch_disarms_the_board(bundle: build.Bundle)
         assert "main.py" not in dev.exec("import os\nprint(os.listdir('/'))")
 
 
+def test_a_micropython_that_cannot_load_the_bundle_is_refused_before_copying(bundle: build.Bundle):
+    import dataclasses
+
+    with NodeSession(None) as dev:
+        flash.check_mpy(dev, bundle)  # MicroPython 1.27 under Node reads what mpy-cross wrote
+        future = dataclasses.replace(bundle, mpy_version=bundle.mpy_version + 1)
+        with pytest.raises(flash.FlashError) as e:
+            flash.install_bundle(dev, future)
+        assert e.value.reason == "mpy_mismatch" and "flash a current MicroPython" in str(e.value)
+        assert "device" not in dev.exec("import os\nprint(os.listdir('/'))")
+
+
 def test_a_missing_port_is_named_before_any_tool_runs(tmp_path: Path, capsys):
     assert metanoia(["device", "flash", "--port", "/dev/ttyNOPE", "--firmware", str(image(tmp_path))]) == 2
     err = capsys.readouterr().err
