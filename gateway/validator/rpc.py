@@ -86,8 +86,6 @@ class Rpc:
         }
         from .anchor_rpc import anchor_methods   # checkpoint signatures, headers, tx proofs (issue 7)
         self.methods.update(anchor_methods(node))
-        from .anchor_rpc import anchor_methods   # checkpoint signatures, headers, tx proofs (issue 7)
-        self.methods.update(anchor_methods(node))
         if node.cfg.debug_rpc:
             self.methods["debug_setPartitioned"] = self.rpc_debug_setPartitioned
 
