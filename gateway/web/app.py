@@ -95,8 +95,10 @@ class Web:
         self._cx_lock = threading.Lock()
         self.cookie_name = "__Host-mn_session" if config.cookie_secure else "mn_session"
         self.store()  # tables exist before the first request
-        from gateway.web import routes_account, routes_actions, routes_household, routes_operator, routes_pair
+        from gateway.web import (routes_account, routes_actions, routes_household, routes_operator, routes_pair,
+                                 routes_withdraw)
         routes = [*routes_account.ROUTES, *routes_pair.ROUTES, *routes_household.ROUTES, *routes_actions.ROUTES,
+                  *routes_withdraw.ROUTES,
                   *routes_operator.ROUTES,
                   Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
         self.app = Starlette(

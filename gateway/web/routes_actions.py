@@ -20,6 +20,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from gateway.chain_client import OutboxChainClient
 from gateway.market.wallet_policy import WalletError
 from gateway.web.app import Refused, Visit, Web, web_of
 from gateway.web.readmodel import KEEP, PolicyView, ReadModelError, cancel_manual_order, chain_client, \
@@ -50,12 +51,12 @@ REASONS = {
 }
 
 
-def _refusal(web: Web, exc: ReadModelError | WalletError) -> str:
+def refusal(web: Web, exc: ReadModelError | WalletError) -> str:
     web.guard.count(f"action_{exc.reason}")
     return REASONS.get(exc.reason, f"Refused: {exc.reason}.")
 
 
-async def _begin(request: Request) -> tuple[Web, Visit, dict[str, str]]:
+async def begin(request: Request) -> tuple[Web, Visit, dict[str, str]]:
     web = web_of(request)
     v, account = web.signed_in(request)
     form = await web.form(request, v)
@@ -64,7 +65,7 @@ async def _begin(request: Request) -> tuple[Web, Visit, dict[str, str]]:
     return web, v, {k: str(val) for k, val in form.items() if isinstance(val, str)}
 
 
-async def _code_or_page(web: Web, request: Request, v: Visit, code: str | None, form: dict[str, str]) -> Response | None:
+async def code_or_page(web: Web, request: Request, v: Visit, code: str | None, form: dict[str, str]) -> Response | None:
     """None if ``code`` is a fresh TOTP code of the account, else the page with the reason."""
     assert v.account is not None
     if not v.account.totp_enabled:
@@ -77,31 +78,33 @@ async def _code_or_page(web: Web, request: Request, v: Visit, code: str | None, 
 
 
 async def order(request: Request) -> Response:
-    web, v, form = await _begin(request)
+    web, v, form = await begin(request)
     assert v.account is not None and v.account.household is not None
-    if (page := await _code_or_page(web, request, v, form.get("code"), form)) is not None:
+    if (page := await code_or_page(web, request, v, form.get("code"), form)) is not None:
         return page
     try:
         row = place_manual_order(web.complex(), v.account.household, form.get("side"), form.get("interval"),
                                  form.get("wh"), form.get("price"), now=web.config.clock())
     except (ReadModelError, WalletError) as exc:
-        return await render_home(web, request, v, v.account, status=400, error=_refusal(web, exc), form=form)
+        return await render_home(web, request, v, v.account, status=400, error=refusal(web, exc), form=form)
     log.info("web: household %s placed manual order %s (%s)", v.account.household, row.id, row.side)
     return web.redirect("/home?done=order#orders")
 
 
 async def cancel(request: Request) -> Response:
-    web, v, form = await _begin(request)
+    web, v, form = await begin(request)
     assert v.account is not None and v.account.household is not None
     cx = web.complex()
-    client = None
+    client: OutboxChainClient | None = None
     try:
         if web.config.validators and web.config.genesis is not None:
-            client = chain_client(cx)
+            made = chain_client(cx)
+            assert isinstance(made, OutboxChainClient)
+            client = made
             client.start()
         await cancel_manual_order(cx, v.account.household, form.get("order"), client)
     except (ReadModelError, WalletError) as exc:
-        return await render_home(web, request, v, v.account, status=400, error=_refusal(web, exc))
+        return await render_home(web, request, v, v.account, status=400, error=refusal(web, exc))
     finally:
         if client is not None:
             await client.aclose()
@@ -138,11 +141,11 @@ def loosens(current: PolicyView | None, form: dict[str, str]) -> bool:
 
 
 async def policy(request: Request) -> Response:
-    web, v, form = await _begin(request)
+    web, v, form = await begin(request)
     assert v.account is not None and v.account.household is not None
     cx = web.complex()
     current, _err = policy_view(cx, v.account.household)
-    if loosens(current, form) and (page := await _code_or_page(web, request, v, form.get("code"), form)) is not None:
+    if loosens(current, form) and (page := await code_or_page(web, request, v, form.get("code"), form)) is not None:
         return page
     values = {k: form.get(k, "").strip() for k in POLICY_FIELDS}
     try:
@@ -151,13 +154,13 @@ async def policy(request: Request) -> Response:
                    reserve_wh=values["reserve_wh"] or KEEP, interval_wh=values["interval_wh"] or KEEP,
                    daily_noia=values["daily_noia"] or KEEP)
     except (ReadModelError, WalletError) as exc:
-        return await render_home(web, request, v, v.account, status=400, error=_refusal(web, exc), form=form)
+        return await render_home(web, request, v, v.account, status=400, error=refusal(web, exc), form=form)
     log.info("web: household %s changed its trading policy", v.account.household)
     return web.redirect("/home?done=policy#policy")
 
 
 async def export(request: Request) -> Response:
-    web, v, form = await _begin(request)
+    web, v, form = await begin(request)
     assert v.account is not None and v.account.household is not None
     wallet = web.wallet()
     passphrase = form.get("passphrase", "")
@@ -166,12 +169,12 @@ async def export(request: Request) -> Response:
     if len(passphrase) < MIN_EXPORT_PASSPHRASE or passphrase != form.get("passphrase2"):
         return await render_home(web, request, v, v.account, status=400,
                                  error=REASONS["weak_passphrase"] + " Type it twice, the same.")
-    if (page := await _code_or_page(web, request, v, form.get("code"), {})) is not None:
+    if (page := await code_or_page(web, request, v, form.get("code"), {})) is not None:
         return page
     try:
         keystore = await run_in_threadpool(wallet.export, v.account.household, passphrase)
     except WalletError as exc:
-        return await render_home(web, request, v, v.account, status=400, error=_refusal(web, exc))
+        return await render_home(web, request, v, v.account, status=400, error=refusal(web, exc))
     log.info("web: household %s exported its key", v.account.household)
     return Response(json.dumps(keystore, indent=1), media_type="application/json", headers={
         "content-disposition": f'attachment; filename="{v.account.household}-keystore.json"'})

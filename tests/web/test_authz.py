@@ -47,7 +47,7 @@ def test_signed_out_reaches_nothing_private(world) -> None:
         r = c.get(path)
         assert r.status_code == 303 and r.headers["location"].startswith("/signin"), path
     token = csrf_of(c.get("/signin").text)  # a signed-out visitor's own token
-    for path in ("/home/order", "/home/policy", "/home/export", "/home/order/cancel"):
+    for path in ("/home/order", "/home/policy", "/home/export", "/home/order/cancel", "/home/withdraw"):
         r = c.post(path, data={"csrf": token, "side": "buy"}, headers={"origin": ORIGIN})
         assert r.status_code == 303 and r.headers["location"].startswith("/signin"), path
 
@@ -104,7 +104,7 @@ def test_only_operators_reach_the_operator_view(world) -> None:
     for path in ("/home", "/home/live.json"):
         assert op.c.get(path).status_code == 403
     page = op.c.get("/operator").text
-    for path in ("/home/order", "/home/policy", "/home/export", "/home/order/cancel"):
+    for path in ("/home/order", "/home/policy", "/home/export", "/home/order/cancel", "/home/withdraw"):
         r = op.c.post(path, data={"csrf": csrf_of(page)}, headers={"origin": ORIGIN})
         assert r.status_code == 403 and 'data-reason="wrong_role"' in r.text, path
     assert t.web.guard.counters["wrong_role"] >= 8
