@@ -172,6 +172,9 @@ def run(args: argparse.Namespace) -> int:
         _print_market(args, summary, market_summary)
         ok = ok and summary["conservation_ok"]
         summary["wall_s"] = round(time.monotonic() - t0, 2)
+    _out(args, f"\nthe day's data stays in {work}; to look at it in the web pages (docs/operator.md):\n"
+               f"  metanoia gateway web add-operator ops@example.com --db {db_path}\n"
+               f"  metanoia gateway web serve --db {db_path} --grid demo --insecure-cookie")
     if args.json:
         print(json.dumps(summary))
     return 0 if ok else 1
