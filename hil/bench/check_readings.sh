@@ -7,7 +7,8 @@
 # after verifying its signature under the key pinned from RECORD.json) until
 # the device's last stored seq has moved twice, or MINUTES (default 5) pass.
 # Exit 0 readings arrive, 1 none in time (the device line and the gateway's
-# rejection counts are printed to help), 2 bad arguments.
+# rejection counts are printed to help), 2 bad arguments. CHECK_EVERY (seconds
+# between polls, default 5) and CHECK_TIMEOUT_S (instead of MINUTES) for tests.
 set -euo pipefail
 
 record=${1:?usage: check_readings.sh RECORD.json GATEWAY_DB [MINUTES]}
@@ -30,7 +31,8 @@ print((d.get("last_reading") or {}).get("seq", 0))' "$id"
 first=$(seq_of)
 seen=0
 last=$first
-deadline=$(( $(date +%s) + minutes * 60 ))
+every=${CHECK_EVERY:-5}
+deadline=$(( $(date +%s) + ${CHECK_TIMEOUT_S:-$((minutes * 60))} ))
 echo "device $id, grid $grid: last stored seq $first; waiting for new signed readings (up to $minutes min)"
 while [ "$(date +%s)" -lt "$deadline" ]; do
     now=$(seq_of)
@@ -43,7 +45,7 @@ while [ "$(date +%s)" -lt "$deadline" ]; do
             exit 0
         fi
     fi
-    sleep 5
+    sleep "$every"
 done
 echo "check_readings: no new readings from $id in $minutes min" >&2
 "$metanoia" gateway status --db "$db" --grid "$grid" >&2

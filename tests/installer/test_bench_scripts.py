@@ -51,3 +51,67 @@ def test_check_readings_sh_refuses_missing_inputs(tmp_path: Path):
     proc = subprocess.run([str(BENCH / "check_readings.sh"), "nope.json", "gw.db"], cwd=tmp_path, env=ENV,
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "no record nope.json" in proc.stderr
+
+
+def test_check_readings_sh_sees_signed_readings_stored_by_a_real_gateway(tmp_path: Path):
+    """Mosquitto, `metanoia gateway run` and a device signing readings: the script
+    says ok once two new ones are stored, and fails for a device whose signatures
+    do not verify under the recorded key."""
+    import sys
+    import threading
+    import time
+
+    import paho.mqtt.client as paho
+
+    from bench.signed_readings import SigningDevice
+    from hil.broker import Mosquitto
+
+    good, forger = SigningDevice.generate(), SigningDevice.generate()
+    db = tmp_path / "gw.db"
+    records = {}
+    for name, dev in (("good", good), ("forged", forger)):
+        rec = {"device_id": dev.device_id.hex(), "public_key": dev.public_key.hex(), "claim_code": "AAAA-BBBB-CCCC",
+               "grid": "bench", "name": name}
+        if dev is forger:  # registered with another key than the one it signs with
+            rec["public_key"] = SigningDevice.generate().public_key.hex()
+        records[name] = tmp_path / f"{name}.json"
+        records[name].write_text(json.dumps(rec))
+        subprocess.run([ENV["METANOIA"], "gateway", "devices", "add", str(records[name]), "--db", str(db)],
+                       check=True, capture_output=True)
+    stop = threading.Event()
+    with Mosquitto() as broker:
+        gw = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "run", "--db", str(db), "--grid",
+                               "bench", "--broker", f"{broker.host}:{broker.port}", "--workers", "0"],
+                              cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        pub = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id="devices")
+        pub.connect(broker.host, broker.port)
+        pub.loop_start()
+
+        def publish() -> None:
+            seq = 0
+            while not stop.wait(0.5):
+                seq += 1
+                for dev in (good, forger):
+                    pub.publish(f"metanoia/bench/{dev.device_id.hex()}/tele",
+                                dev.reading(seq, int(time.time()), 1000 + seq), qos=1)
+
+        t = threading.Thread(target=publish, daemon=True)
+        t.start()
+        try:
+            env = {**ENV, "CHECK_EVERY": "1", "CHECK_TIMEOUT_S": "60"}
+            ok = subprocess.run([str(BENCH / "check_readings.sh"), str(records["good"]), str(db)], env=env,
+                                capture_output=True, text=True, timeout=120)
+            assert ok.returncode == 0, ok.stdout + ok.stderr
+            assert f"ok: signed readings from {good.device_id.hex()} arrive and verify" in ok.stdout
+            env["CHECK_TIMEOUT_S"] = "6"
+            bad = subprocess.run([str(BENCH / "check_readings.sh"), str(records["forged"]), str(db)], env=env,
+                                 capture_output=True, text=True, timeout=120)
+            assert bad.returncode == 1 and "no new readings" in bad.stderr
+            assert "bad_signature" in bad.stderr  # the gateway's rejection counts point at the cause
+        finally:
+            stop.set()
+            t.join(timeout=5)
+            pub.loop_stop()
+            pub.disconnect()
+            gw.terminate()
+            gw.wait(timeout=30)
