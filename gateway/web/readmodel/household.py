@@ -266,7 +266,7 @@ async def household_view(cx: Complex, household: str, now: float | None = None, 
     bal_err: str | None = "no_address"
     if addr is not None:
         units, bal_err = await balance_of(src.validators, addr, src.rpc_timeout_s)
-        bal = None if units is None else _won(units, 1)   # NOIA, not won: 1 NOIA = 10**18 units
+        bal = None if units is None else Decimal(units) / NOIA_UNITS   # NOIA (10**18 units each)
     return HouseholdView(household, src.grid, int(now), live, today, points, fills,
                          None if addr is None else "0x" + addr.hex(), bal, bal_err, bill, policy, policy_error,
                          orders, recs)
