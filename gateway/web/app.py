@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 
 HERE = Path(__file__).parent
 MAX_BODY = 64 * 1024
+PURGE_EVERY_S = 600
 
 
 class Redirect(Exception):
@@ -92,6 +93,7 @@ class Web:
         self.templates.env.filters.update(FILTERS)
         self._local = threading.local()
         self._cx: Complex | None = complex
+        self._purged_at = 0
         self._cx_lock = threading.Lock()
         self.cookie_name = "__Host-mn_session" if config.cookie_secure else "mn_session"
         self.store()  # tables exist before the first request
@@ -146,7 +148,11 @@ class Web:
 
     def visit(self, request: Request) -> Visit:
         store = self.store()
-        session = store.sessions.get(request.cookies.get(self.cookie_name), self.now())
+        now = self.now()
+        if now - self._purged_at >= PURGE_EVERY_S:  # expired sessions nobody presents again
+            self._purged_at = now
+            store.sessions.purge(now)
+        session = store.sessions.get(request.cookies.get(self.cookie_name), now)
         account = None
         if session is not None and session.stage == FULL and session.account_id is not None:
             account = store.accounts.get(session.account_id)

@@ -30,7 +30,7 @@ from gateway.web.config import Limits
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.web.access")
 
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; object-src 'none'; "
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self'; object-src 'none'; "
        "base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 SECURITY_HEADERS = {
     "content-security-policy": CSP,

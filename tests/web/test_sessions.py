@@ -108,3 +108,16 @@ def test_next_is_kept_local(tmp_path) -> None:
                                     "next": evil}, headers={"origin": ORIGIN})
         assert r.status_code == 303 and r.headers["location"] == "/home"
         post(c, "/signout", {}, page="/home")
+
+
+def test_expired_sessions_are_purged_from_the_table(tmp_path) -> None:
+    clock = Clock()
+    web = make_web(tmp_path, clock=clock, session_idle_s=600, session_absolute_s=1800)
+    signup(web, "kim@example.com")
+    for _ in range(3):
+        client(web).get("/signin")   # signed-out visitors who never come back
+    count = lambda: web.store().conn.execute("SELECT COUNT(*) FROM web_sessions").fetchone()[0]  # noqa: E731
+    assert count() == 4
+    clock.t += 3601   # past the anonymous and the idle limits
+    client(web).get("/signin")   # any request purges (at most every 10 minutes)
+    assert count() == 1          # only the new visitor's
