@@ -38,7 +38,7 @@ from typing import Any
 from coincurve import PrivateKey
 
 from gateway.evm.abi import functions
-from gateway.evm.deploy import Deployment
+from gateway.evm.record import Deployment
 from gateway.validator.crypto import keccak256, to_checksum
 from gateway.validator.errors import BAD_NONCE, WRONG_CHAIN_ID
 from gateway.validator.mempool import MEMPOOL_FULL, NONCE_IN_USE

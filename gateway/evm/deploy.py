@@ -3,11 +3,10 @@
 ``deploy(url, deployer_key, complex_authority, supply, ...)`` sends the two
 contract creations signed by the deployer (who receives the whole NOIA
 supply, like the genesis balances' holder), waits for their receipts, checks
-the code is there and returns a ``Deployment``. ``write_record`` stores it as
-JSON (``metanoia-evm-deployment/1``, written durably); the backend
-(gateway/chain_client/evm.py) reads it back with ``read_record``: chain id,
-addresses, interval length and the two ABIs (the calls are encoded from these,
-not from a second copy of the Solidity signatures).
+the code is there and returns a ``Deployment`` (gateway/evm/record.py: the
+record ``write_record`` stores and the chain client's EVM backend reads: chain
+id, addresses, interval length and the two ABIs, so calls are encoded from
+these, not from a second copy of the Solidity signatures).
 
 ``onboard`` readies household accounts, outside the outbox and before it
 first uses them: NOIA from the deployer, ether for gas, and each account's
@@ -18,10 +17,7 @@ its receipt; a failed one raises ``DeployError``.
 
 from __future__ import annotations
 
-import json
 import time
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from coincurve import PrivateKey
@@ -30,62 +26,17 @@ from eth_account import Account
 from hexbytes import HexBytes
 from web3 import Web3
 
-from gateway.fsutil import replace_durably
-from gateway.validator.crypto import address_of, keccak256, parse_address, to_checksum
+from gateway.validator.crypto import address_of, keccak256, to_checksum
 
 from .abi import constructor_types, functions
 from .compile import compile_contracts
+from .record import Deployment, DeployError, read_record, write_record
 
-FORMAT = "metanoia-evm-deployment/1"
+__all__ = ["Deployment", "DeployError", "deploy", "onboard", "read_record", "write_record"]
+
 U256_MAX = (1 << 256) - 1
 DEPLOY_GAS = 3_000_000
 SETUP_GAS = 100_000
-
-
-class DeployError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class Deployment:
-    chain_id: int
-    token: bytes
-    exchange: bytes
-    complex_authority: bytes
-    interval_seconds: int
-    settle_timeout: int | None     # None: an Exchange without reclaim
-    block: int                     # the exchange's creation block
-    token_abi: list[dict[str, Any]]
-    exchange_abi: list[dict[str, Any]]
-    solc: str = ""
-
-    def to_json(self) -> dict[str, Any]:
-        return {"format": FORMAT, "chain_id": self.chain_id, "token": to_checksum(self.token),
-                "exchange": to_checksum(self.exchange), "complex_authority": to_checksum(self.complex_authority),
-                "interval_seconds": self.interval_seconds, "settle_timeout": self.settle_timeout,
-                "block": self.block, "solc": self.solc,
-                "abi": {"NoiaToken": self.token_abi, "Exchange": self.exchange_abi}}
-
-    @classmethod
-    def from_json(cls, d: dict[str, Any]) -> Deployment:
-        if not isinstance(d, dict) or d.get("format") != FORMAT:
-            raise DeployError(f"not a {FORMAT} record")
-        try:
-            st = d.get("settle_timeout")
-            return cls(int(d["chain_id"]), parse_address(d["token"]), parse_address(d["exchange"]),
-                       parse_address(d["complex_authority"]), int(d["interval_seconds"]),
-                       None if st is None else int(st), int(d["block"]), list(d["abi"]["NoiaToken"]),
-                       list(d["abi"]["Exchange"]), str(d.get("solc", "")))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise DeployError(f"bad deployment record: {exc}") from None
-
-
-def write_record(path: str | Path, dep: Deployment) -> None:
-    replace_durably(path, (json.dumps(dep.to_json(), indent=1) + "\n").encode())
-
-
-def read_record(path: str | Path) -> Deployment:
-    return Deployment.from_json(json.loads(Path(path).read_text()))
 
 
 class _Sender:
