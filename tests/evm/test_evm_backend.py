@@ -158,7 +158,7 @@ def test_sends_are_idempotent_and_a_foreign_tx_at_a_used_nonce_is_a_nonce_error(
         n = await b.pending_nonce(kit.addr(2))
         stx = b.build(Intent("x", kit.addr(2), kit.transfer(3, 5)), n, kit.key(2))
         assert await b.send(stx.raw) == stx.tx_hash
-        assert await b.send(stx.raw) == stx.tx_hash                  # pooled: "already imported"
+        assert await b.send(stx.raw) == stx.tx_hash                  # pooled: "already imported" (or just mined)
         assert (await b.tx_status(stx.tx_hash)).status in ("pending", "included", "final")
         for _ in range(100):
             if (await b.tx_status(stx.tx_hash)).status == "final":
@@ -173,7 +173,7 @@ def test_sends_are_idempotent_and_a_foreign_tx_at_a_used_nonce_is_a_nonce_error(
         assert ei.value.reason == "bad_nonce"
         assert await b.nonce(kit.addr(2)) == n + 1
         assert (await b.tx_status(other.tx_hash)).status == "unknown"
-        assert b.counters["send_bad_nonce"] == 2
+        assert b.counters["send_bad_nonce"] >= 2 and b.counters["send_bad_nonce"] + b.counters.get("send_known", 0) == 3
         await b.aclose()
 
     asyncio.run(go())
@@ -184,7 +184,7 @@ def test_n_confirmations_finality(chain: EvmChain) -> None:
         b = chain.backend(EvmConfig(finality=8, head_cache_s=0))
         assert await b.finality_mode() == 8
         head = await b.block_number()
-        assert await b.finalized_number() in (head - 8, head - 7)
+        assert head - 8 <= await b.finalized_number() <= head - 5     # blocks may come between the two reads
         n = await b.pending_nonce(kit.addr(2))
         stx = b.build(Intent("z", kit.addr(2), kit.transfer(3, 5)), n, kit.key(2))
         await b.send(stx.raw)
