@@ -210,6 +210,7 @@ async def _drive(url: str, raws: list[bytes], hashes: list[bytes], args: argpars
         return round(xs[min(len(xs) - 1, int(p * len(xs)))], 2) if xs else None
 
     return {"value": value, "bound": bound, "ratio": round(value / bound, 3) if bound else None,
+            "bound_is": "block gas limit / gas per fill / block time (the chain's configuration, not the machine)",
             "gas_per_fill": gas_per_fill, "submitted": submitted, "final": len(final_t), "reverted": reverted,
             "fills_per_block_max": max(block_fills, default=0),
             "fills_per_block_mean": round(statistics.mean(full), 1) if full else 0,
