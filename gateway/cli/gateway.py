@@ -38,6 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     gateway_status.register(gsub)
     from gateway.cli import gateway_web  # web serve|add-operator (docs/homeowner.md, docs/operator.md)
     gateway_web.register(gsub)
+    from gateway.cli import gateway_view  # view operator|household (docs/web-readmodel.md)
+    gateway_view.register(gsub)
 
 
 # -- run ------------------------------------------------------------------------------------

@@ -138,3 +138,31 @@ def test_sources_refuse_what_cannot_be_a_complex(tmp_path) -> None:
     assert (s.gateway_db, s.wallet_dir, s.outbox_dbs, s.genesis) == (
         tmp_path / "gateway.db", tmp_path / "market" / "wallet", (tmp_path / "market" / "market-outbox.db",), None)
     assert s.all_outboxes == (tmp_path / "gateway.db", tmp_path / "market" / "market-outbox.db")
+
+
+def test_the_cli_prints_the_same_views(day: Day, capsys, monkeypatch) -> None:
+    import json
+    monkeypatch.delenv("METANOIA_WALLET_SECRET", raising=False)
+
+    from gateway.cli import main as cli_main
+    from gateway.web.readmodel import household_view
+    common = ["--db", str(day.db), "--grid", GRID, "--validator", day.market.chain.url,
+              "--outbox", str(day.folder / "market" / "market-outbox.db"), "--day", str(day.start)]
+    assert cli_main(["gateway", "view", "operator", *common, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    v = to_json(asyncio.run(operator_view(day.cx, time.time(), day=day.start)))
+    assert got["balance"] == v["balance"] and got["settlements"] == v["settlements"]
+    assert [d["fw"] for d in got["devices"]] == [d["fw"] for d in v["devices"]] and got["chain"]["up"] == 1
+    assert cli_main(["gateway", "view", "operator", *common]) == 0
+    text = capsys.readouterr().out
+    assert "1/3 devices online" in text and "fw 1.2.3" in text and "resource vpp-1" in text
+    hh = ["gateway", "view", "household", "sun-1", *common, "--wallet-dir", str(day.folder / "market" / "wallet")]
+    assert cli_main([*hh, "--json"]) == 0
+    got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    h = to_json(asyncio.run(household_view(day.cx, "sun-1", time.time(), day=day.start)))
+    assert (got["fills"], got["bill"], got["today"], got["address"]) == (h["fills"], h["bill"], h["today"], h["address"])
+    assert got["policy"] is None and got["policy_error"] == "wallet_closed"     # no master secret given
+    assert cli_main(["gateway", "view", "household", "nobody", *common]) == 1
+    assert "unknown_household" in capsys.readouterr().err
+    assert cli_main(["gateway", "view", "operator", "--db", str(day.folder / "none.db"), "--grid", GRID]) == 1
+    assert "no_database" in capsys.readouterr().err
