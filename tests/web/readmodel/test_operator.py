@@ -160,7 +160,8 @@ def test_the_cli_prints_the_same_views(day: Day, capsys, monkeypatch) -> None:
     assert cli_main([*hh, "--json"]) == 0
     got = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     h = to_json(asyncio.run(household_view(day.cx, "sun-1", time.time(), day=day.start)))
-    assert (got["fills"], got["bill"], got["today"], got["address"]) == (h["fills"], h["bill"], h["today"], h["address"])
+    for key in ("fills", "bill", "today", "address"):
+        assert got[key] == h[key], key
     assert got["policy"] is None and got["policy_error"] == "wallet_closed"     # no master secret given
     assert cli_main(["gateway", "view", "household", "nobody", *common]) == 1
     assert "unknown_household" in capsys.readouterr().err
