@@ -19,7 +19,7 @@ from gateway.chain_client import ClientConfig, Outbox, OutboxChainClient, Static
 from gateway.chain_client.evm import EvmBackend, EvmConfig
 from gateway.evm.anvil import Anvil
 from gateway.evm.deploy import Deployment, deploy, onboard, read_record, write_record
-from gateway.validator.crypto import private_key, to_checksum
+from gateway.validator.crypto import address_of, private_key, to_checksum
 from tests.gateway.validator import kit
 
 CHAIN_ID = 31337
@@ -55,23 +55,18 @@ def start(tmp: Path, *, block_time: float | None = BLOCK_TIME, balances: dict[Pr
                  extra_args=FINALITY_ARGS + extra_args).start()
     try:
         node.rpc("anvil_setBalance", [to_checksum(kit.addr(0)), hex(10**24)])
-        node.rpc("anvil_setBalance", [to_checksum(_addr(DEPLOYER)), hex(10**26)])
+        node.rpc("anvil_setBalance", [to_checksum(address_of(DEPLOYER)), hex(10**26)])
         dep = deploy(node.url, DEPLOYER, kit.addr(kit.COMPLEX), SUPPLY, interval_seconds=interval_seconds,
                      settle_timeout=settle_timeout)
         record = tmp / "deployment.json"
         write_record(record, dep)
-        accounts = balances if balances is not None else {kit.key(i): kit.START_BALANCE for i in kit.USERS}
-        accounts.setdefault(kit.key(kit.COMPLEX), 0)
+        accounts = dict(balances) if balances is not None else {kit.key(i): kit.START_BALANCE for i in kit.USERS}
+        accounts.setdefault(kit.key(kit.COMPLEX), 0)   # gas ether and the approve, no NOIA
         onboard(node.url, dep, DEPLOYER, accounts)
         return EvmChain(node, read_record(record), record)
     except BaseException:
         node.stop()
         raise
-
-
-def _addr(k: PrivateKey) -> bytes:
-    from gateway.validator.crypto import address_of
-    return address_of(k)
 
 
 @contextmanager
