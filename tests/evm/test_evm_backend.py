@@ -201,3 +201,35 @@ def test_n_confirmations_finality(chain: EvmChain) -> None:
         await b.aclose()
 
     asyncio.run(go())
+
+
+def test_a_nonce_used_outside_the_outbox_is_re_signed_only_once_that_use_is_final(chain: EvmChain,
+                                                                                   tmp_path: Path) -> None:
+    """The outbox starts an account at its nonce at the finality point. A tx sent elsewhere and not yet final
+    takes that nonce: the outbox's tx is refused ("nonce too low" / a replacement) and waits; once the other
+    tx is final the stale-nonce rule re-signs the intent with the next nonce. Applied once, the dead bytes kept."""
+    async def go() -> None:
+        cfg = EvmConfig(finality=15)                      # 15 blocks of 0.2 s: the outside tx stays unfinal a while
+        b = chain.backend(cfg)
+        n = await b.pending_nonce(kit.addr(7))
+        for _ in range(200):                              # the account's earlier txs all 15 blocks deep first
+            if await b.nonce(kit.addr(7)) == n:
+                break
+            await asyncio.sleep(0.1)
+        outside = b.build(Intent("elsewhere", kit.addr(7), kit.transfer(2, 11)), n, kit.key(7))
+        assert await b.send(outside.raw) == outside.tx_hash
+        before = await b.balance(kit.addr(6))
+        c = make_client(tmp_path / "gw.db", chain.url, chain.deployment, config=cfg)
+        async with c:
+            r = await c.wait_final(await c.submit(Intent("pay 6", kit.addr(7), kit.transfer(6, 5))), 60)
+            assert r.ok and r.nonce == n + 1
+            (dead_nonce, dead_hash, why), = c.outbox.attempts("pay 6")
+            assert (dead_nonce, why) == (n, "stale_nonce") and dead_hash != r.tx_hash
+            assert (await b.tx_status(dead_hash)).status == "unknown"     # the first bytes never applied
+            assert (await b.tx_status(outside.tx_hash)).status == "final"
+            assert await b.balance(kit.addr(6)) == before + 5 and await b.nonce(kit.addr(7)) == n + 2
+            assert c.counters.get("resigned_stale") == 1
+        c.outbox.close()
+        await b.aclose()
+
+    asyncio.run(go())
