@@ -9,11 +9,15 @@ transaction; with one validator down anchoring goes on with 3 of 4 signatures.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from pathlib import Path
 
+import pytest
+
 from gateway.anchor.journal import ANCHORED
 from gateway.anchor.relayer import Relayer, RelayerConfig
+from gateway.cli import main as cli_main
 from gateway.validator.crypto import address_of
 from gateway.validator.tx import CHECKPOINT, decode_tx
 from tests.gateway.validator.netkit import AUTH_KEYS
@@ -191,3 +195,14 @@ def test_unreachable_chains_are_counted_rounds_go_on(rig: AnchorRig, tmp_path: P
     # the registry answers, but only 2 of 4 validators are reachable: below the threshold, nothing is signed
     c = asyncio.run(rounds(rig.anvil.url, (rig.urls[0], "http://127.0.0.1:9/")))
     assert c == {"error_side_unavailable": 3}
+
+
+def test_anchor_cli_rounds_and_json(rig: AnchorRig, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["chain", "anchor", "--rpc", *rig.urls, "--main-rpc", "http://127.0.0.1:9/", "--registry",
+            rig.contract.address, "--key", str(rig.relayer_key), "--journal", str(tmp_path / "j.db"), "--poll", "0.01"]
+    assert cli_main(args + ["--rounds", "2", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1]) == {"counters": {"error_main_unavailable": 2}}
+    assert cli_main(args + ["--every", "0"]) == 2
+    assert "--every" in capsys.readouterr().err
+    missing = [str(tmp_path / "missing.key") if a == str(rig.relayer_key) else a for a in args]
+    assert cli_main(missing) == 2 and "missing.key" in capsys.readouterr().err
