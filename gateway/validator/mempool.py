@@ -1,8 +1,8 @@
-"""The mempool: verified transactions waiting for a block, and the process pool that verifies them.
+"""The mempool: verified transactions waiting for a block.
 
 Raw transactions come in (JSON-RPC or gossip), are deduplicated by tx hash,
-verified in batches by ``tx.verify_batch`` in worker processes (``Verifier``),
-then kept per sender by nonce. The proposer takes, for each sender, the
+verified in batches in worker processes (verifier.py), then kept per sender by
+nonce. The proposer takes, for each sender, the
 contiguous run of nonces starting at the account's nonce (``select``); a gap
 waits for the missing nonce. Limits: total transactions, per sender, and a
 bounded memory of recent rejections (so a status query can say why).
@@ -10,78 +10,19 @@ bounded memory of recent rejections (so a status query can say why).
 
 from __future__ import annotations
 
-import asyncio
 import logging
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from typing import Union
+from collections.abc import Callable, Iterable
 
 from .crypto import keccak256
-from .errors import BAD_NONCE, DecodeError
-from .genesis import ChainParams
-from .order import Domain
-from .tx import VerifiedTx, verify_batch, verify_tx
+from .errors import BAD_NONCE
+from .tx import VerifiedTx
 
 log = logging.getLogger(__name__)
 
 MEMPOOL_FULL = "mempool_full"
 SENDER_LIMIT = "sender_limit"
 NONCE_IN_USE = "nonce_in_use"     # another pending tx has this sender's nonce
-
-
-Checked = Union[tuple[bytes, bytes], tuple[str, str]]
-
-
-def verify_compact(raws: Sequence[bytes], chain_id: int, verifying_contract: bytes) -> list[Checked]:
-    """``verify_tx`` in a worker process, answering only what the node lacks: per tx
-    ``(tx hash, order hash or b"")`` or ``(reason, detail)``. About 70 bytes a tx cross the pipe
-    instead of a pickled transaction object graph, and nothing is decoded on the event loop."""
-    domain = Domain(chain_id, verifying_contract)
-    out: list[Checked] = []
-    for raw in raws:
-        try:
-            v = verify_tx(raw, domain)
-            out.append((v.hash, v.order_hash or b""))
-        except DecodeError as exc:
-            out.append((exc.reason, exc.detail))
-    return out
-
-
-class Verifier:
-    """``verify_batch`` in a process pool (``workers`` > 0) or inline (0: tests, tiny nodes)."""
-
-    def __init__(self, params: ChainParams, workers: int, chunk: int = 256) -> None:
-        self.chain_id = params.chain_id
-        self.contract = params.domain.verifying_contract
-        self.workers = workers
-        self.chunk = chunk
-        self.pool = ProcessPoolExecutor(max_workers=workers) if workers > 0 else None
-
-    async def verify(self, raws: Sequence[bytes]) -> list[VerifiedTx | DecodeError]:
-        if not raws:
-            return []
-        if self.pool is None:
-            return verify_batch(raws, self.chain_id, self.contract)
-        loop = asyncio.get_running_loop()
-        size = max(16, min(self.chunk, -(-len(raws) // (2 * self.workers))))
-        futs = [loop.run_in_executor(self.pool, verify_compact, raws[i:i + size], self.chain_id, self.contract)
-                for i in range(0, len(raws), size)]
-        out: list[VerifiedTx | DecodeError] = []
-        checked = VerifiedTx.checked
-        i = 0
-        for part in await asyncio.gather(*futs):
-            for a, b in part:
-                if type(a) is str:
-                    out.append(DecodeError(a, b))  # type: ignore[arg-type]
-                else:
-                    out.append(checked(raws[i], a, b or None))  # type: ignore[arg-type]
-                i += 1
-        return out
-
-    def close(self) -> None:
-        if self.pool is not None:
-            self.pool.shutdown(wait=False, cancel_futures=True)
 
 
 class Mempool:

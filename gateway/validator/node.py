@@ -42,13 +42,15 @@ from .crypto import address_of, keccak256
 from .errors import BAD_NONCE, BlockInvalid, ChainError, DecodeError
 from .execute import BlockResult, build_block, execute_block, touched_keys
 from .genesis import Genesis
-from .mempool import Mempool, Verifier
+from .held import HeldProposals
+from .mempool import Mempool
+from .verifier import Verifier, VerifyJob
 from .state import get_account
 from .storage import SqliteStore
 from .tx import HEADER as TX_HEAD
 from .tx import MAX_TX_SIZE, VerifiedTx
 from .txlog import TxLog
-from .votes import (PROPOSAL, VOTE_SIZE, Certificate, ConsensusError, Signer, Vote, VoteLog, check_vote,
+from .votes import (PRECOMMIT, PROPOSAL, VOTE_SIZE, Certificate, ConsensusError, Signer, Vote, VoteLog, check_vote,
                     decode_certificate, decode_vote, verify_certificate)
 
 log = logging.getLogger(__name__)
@@ -66,6 +68,9 @@ CERT_SCHEMA = (
 SYNC_BATCH = 16
 TX_GOSSIP_CHUNK = 4096
 INTAKE_LOG_COMPACT_BYTES = 32 * 1024 * 1024   # rewrite the intake log (pending txs only) beyond this
+FAULT_ENV = "METANOIA_VALIDATOR_FAULT"   # tests only: "precommit@H" / "commit@H" exits with FAULT_EXIT there
+FAULT_EXIT = 77
+RELAY_BACKLOG = 100_000                      # txs from peers in checking before their connections wait
 
 
 @dataclass(frozen=True)
@@ -77,6 +82,7 @@ class NodeConfig:
     peers: tuple[tuple[str, int], ...] = ()
     rpc: tuple[str, int] | None = ("127.0.0.1", 0)
     workers: int = 0
+    verify_nice: int = 0                   # CPU priority of the verify workers relative to the node's loop
     block_time: float | None = None        # default: the genesis's block_time_ms
     max_block_txs: int = 20_000
     debug_rpc: bool = False                # debug_* methods (fault injection for tests)
@@ -115,6 +121,16 @@ class Tip:
 
     def prefetch(self, keys: list[bytes]) -> None:
         self.store.prefetch(keys)
+
+
+@dataclass(frozen=True)
+class _Intake:
+    """Txs between ``Node._admit`` and ``Node._finish_intake``: ``todo`` indexes the ones being checked."""
+    raws: list[bytes]
+    hashes: list[bytes]
+    results: list[bytes | str]
+    todo: list[int]
+    job: VerifyJob
 
 
 @dataclass(frozen=True)
@@ -163,6 +179,9 @@ class Node:
         db.ensure_schema(self.store.conn, "chain_certs", CERT_SCHEMA)
         self.vote_log = VoteLog(cfg.data_dir / "votes.log")
         self.txlog = TxLog(cfg.data_dir / "intake.log")
+        self.held = HeldProposals(cfg.data_dir / "held")
+        self.held_props: dict[int, list[bytes]] = {}         # proposals from disk, replayed at their height
+        self.fault = _parse_fault(os.environ.get(FAULT_ENV))
         self.committing: deque[Candidate] = deque()        # decided, being written (store.stage), in order
         self.tip = Tip(self.store, self.committing)
         self.deferred_propose: Propose | None = None
@@ -172,7 +191,7 @@ class Node:
         self.block_time = bt
         self.machine = Machine(self.authorities, self.address, Timeouts.for_block_time(bt), g.chain_id)
         self.mempool = Mempool(self._nonce_of)
-        self.verifier = Verifier(self.params, cfg.workers)
+        self.verifier = Verifier(self.params, cfg.workers, nice=cfg.verify_nice)
         self.net = p2p.Network(cfg.key, g.chain_id, g.hash, cfg.p2p, list(cfg.peers), self._on_frame,
                                limits=cfg.limits, on_connect=self._on_connect)
         self.counters: dict[str, int] = {}
@@ -182,7 +201,9 @@ class Node:
         self.validating: dict[bytes, asyncio.Future[Candidate | None]] = {}
         self.future_props: dict[tuple[int, int], bytes] = {}
         self.seen_votes: set[tuple[bytes, tuple[int, int, int], bytes]] = set()
-        self.inflight: set[bytes] = set()
+        self.inflight: dict[bytes, tuple[VerifyJob, int]] = {}   # tx hash -> its intake check, not done yet
+        self.relaying = 0                                   # txs from peers still being checked
+        self.relay_room = asyncio.Event()
         self.waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self.evidence: deque[tuple[Vote, Vote]] = deque(maxlen=100)
         self.sync_asked = 0.0
@@ -207,7 +228,9 @@ class Node:
             from .rpc import start_rpc
             self.rpc_runner, self.rpc_address = await start_rpc(self, *self.cfg.rpc)
         h = self.store.head.height + 1
+        self.held_props = self.held.load(self.store.head.height)
         self._do(self.machine.start(h, time.monotonic(), own_votes=self.vote_log.at_height(h)))
+        self._replay_held(h)
         self.tasks.append(asyncio.create_task(self._ticker()))
         self.started = True
         log.info("validator 0x%s at height %d, p2p %s, rpc %s", self.address.hex(), self.store.head.height,
@@ -265,12 +288,67 @@ class Node:
         self._do(self.machine.on_timeout(height, round, step, time.monotonic()))
 
     def _sign_vote(self, a: SignVote) -> None:
+        if a.kind == PRECOMMIT and a.block_hash is not None and not self._held_for(a):
+            return
         v = self.signer.sign(a.kind, a.height, a.round, a.block_hash)   # persisted (fsync) before sending
+        if self.fault == ("precommit", a.height) and a.kind == PRECOMMIT and a.block_hash is not None:
+            log.error("fault injection: exiting after signing the precommit at height %d", a.height)
+            os._exit(FAULT_EXIT)
         self.seen_votes.add((v.signer, v.key, v.block_hash))
         self.net.broadcast(p2p.VOTE, v.encode())
         self._do(self.machine.on_vote(v, time.monotonic()))
 
+    def _held_for(self, a: SignVote) -> bool:
+        """A precommit is a lock: sign it only once the proposal it locks on is on disk (held.py), so a
+        restart finds the block with the lock. If the write is still running, the precommit waits for it."""
+        prop = self.proposals.get((a.height, a.round))
+        if prop is None or prop[0].block_hash != a.block_hash:   # cannot happen: the machine locks on proposals[r]
+            self.count("precommit_without_proposal")
+            return False
+        fut = self.held.keep(a.height, a.round, prop[0].block_hash, prop[0].encode() + prop[1])
+        if not fut.done():
+            self.count("precommit_waits_for_disk")
+            fut.add_done_callback(lambda _f: self._held_done(a))
+            return False
+        if fut.exception() is not None:
+            self.count("held_write_failed")
+            log.error("cannot hold proposal h=%d r=%d: %r; not precommitting", a.height, a.round, fut.exception())
+            return False
+        return True
+
+    def _held_done(self, a: SignVote) -> None:
+        if a.height == self.machine.height:   # else decided meanwhile: nothing left to sign
+            self._do([a])
+
+    def _replay_held(self, height: int) -> None:
+        """Proposals this node held on disk for ``height`` (it may be locked on one): through the ordinary
+        proposal path again, so a restored lock can decide the block it locks on."""
+        for h in [h for h in self.held_props if h < height]:    # committed meanwhile
+            del self.held_props[h]
+        for payload in self.held_props.pop(height, []):
+            self.tasks.append(asyncio.create_task(self._replay_one(payload)))
+
+    async def _replay_one(self, payload: bytes) -> None:
+        try:
+            pv = decode_vote(payload[:VOTE_SIZE])
+            self.held.mark_durable(pv.height, pv.round, pv.block_hash)
+            await self._on_proposal(None, payload)
+            self.count("held_replayed")
+        except ChainError as exc:
+            self.count("held_replay_" + exc.reason)
+            log.warning("held proposal not replayed: %s", exc)
+
     def _propose(self, a: Propose) -> None:
+        signed = self.vote_log.get(a.height, a.round, PROPOSAL)
+        if signed is not None:
+            # proposed before a restart: the same signed proposal again if its block is back (replayed
+            # from the held proposals), never a second one
+            prop = self.proposals.get((a.height, a.round))
+            if prop is None or prop[0].block_hash != signed.block_hash:
+                self.count("propose_already_signed")
+                return
+            self.net.broadcast(p2p.PROPOSAL, prop[0].encode() + prop[1])
+            return
         held = self.blocks.get(a.block_hash) if a.block_hash is not None else None
         if a.block_hash is not None and held is None:
             self.count("repropose_missing_block")
@@ -306,6 +384,7 @@ class Node:
         self.blocks[block.hash] = cand
         raw = block.encode()
         self.proposals[(a.height, a.round)] = (pv, raw)
+        self.held.keep(a.height, a.round, block.hash, pv.encode() + raw)
         self.net.broadcast(p2p.PROPOSAL, pv.encode() + raw)
         self.count("proposed")
         self._do(self.machine.on_proposal(ProposalIn(a.height, a.round, block.hash, a.pol_round, True),
@@ -331,6 +410,8 @@ class Node:
         cert_row = ("INSERT OR REPLACE INTO chain_certs (height, hash, cert) VALUES (?, ?, ?)",
                     (h.height, h.hash, cert.encode()))
         self.committing.append(cand)
+        if self.fault == ("commit", h.height):
+            self.store.fault = _exit_in_commit
         try:
             fut = self.store.stage(cand.block, cand.result, [cert_row])
         except BaseException:
@@ -348,6 +429,7 @@ class Node:
             payload = self.future_props.pop(key)
             self.tasks.append(asyncio.create_task(self._on_proposal(None, payload)))
         self.future_props = {k: v for k, v in self.future_props.items() if k[0] > h.height}
+        self._replay_held(h.height + 1)
 
     def _committed(self, cand: Candidate, fut: asyncio.Future[None], started: float) -> None:
         exc = fut.exception()
@@ -358,6 +440,7 @@ class Node:
             os._exit(70)
         h = cand.block.header
         self.store.finish(cand.block, cand.result)
+        self.held.prune(h.height)
         done = self.committing.popleft()
         assert done is cand
         self.timing["commit"] = self.timing.get("commit", 0.0) + time.perf_counter() - started
@@ -405,12 +488,31 @@ class Node:
         verified: list[VerifiedTx | None] = [self.mempool.get(h) for h in hashes]
         missing = [i for i, v in enumerate(verified) if v is None]
         if missing:
-            res = await self.verifier.verify([block.txs[i] for i in missing])
-            for i, v in zip(missing, res):
-                if isinstance(v, DecodeError):
-                    self.count("block_bad_tx_" + v.reason)
-                    return None
-                verified[i] = v
+            # every tx is checked here once: the ones still in an intake check are awaited (their job
+            # moves ahead of the queued intake work), only the others are checked now, urgently
+            t0 = time.perf_counter()
+            waits: dict[int, tuple[VerifyJob, list[tuple[int, int]]]] = {}
+            fresh: list[int] = []
+            for i in missing:
+                got = self.inflight.get(hashes[i])
+                if got is None:
+                    fresh.append(i)
+                else:
+                    waits.setdefault(id(got[0]), (got[0], []))[1].append((i, got[1]))
+            self.count("validate_awaited_intake", len(missing) - len(fresh))
+            self.count("validate_checked_txs", len(fresh))
+            for job, _ in waits.values():
+                self.verifier.promote(job)
+            own = self.verifier.start([block.txs[i] for i in fresh], urgent=True)
+            for job, picks in waits.values():
+                res = await job.result()
+                for i, k in picks:
+                    verified[i] = self._checked(res[k])
+            for i, v in zip(fresh, await own.result()):
+                verified[i] = self._checked(v)
+            self._time("validate_wait_checks", t0)
+            if any(v is None for v in verified):
+                return None
         s = self.tip
         hd = block.header
         if hd.parent_hash != s.head.hash:
@@ -431,6 +533,12 @@ class Node:
             self._time("execute_block", t0)
         return Candidate(block, result, tuple(v for v in verified if v is not None), frozenset(hashes))
 
+    def _checked(self, v: VerifiedTx | DecodeError) -> VerifiedTx | None:
+        if isinstance(v, DecodeError):
+            self.count("block_bad_tx_" + v.reason)
+            return None
+        return v
+
     # ---- frames ------------------------------------------------------------------------------
 
     async def _on_frame(self, peer: p2p.Peer, mtype: int, payload: bytes) -> None:
@@ -438,7 +546,7 @@ class Node:
             if mtype == p2p.VOTE:
                 self._on_vote(peer, payload)
             elif mtype == p2p.TXS:
-                await self.submit(decode_txs(payload), gossip=False)
+                await self._on_txs(decode_txs(payload))
             elif mtype == p2p.PROPOSAL:
                 await self._on_proposal(peer, payload)
             elif mtype == p2p.STATUS:
@@ -511,6 +619,7 @@ class Node:
             return
         if cand is not None:
             self.blocks[block.hash] = cand
+            self.held.keep(pv.height, pv.round, pv.block_hash, payload)
         self._do(self.machine.on_proposal(ProposalIn(pv.height, pv.round, pv.block_hash, pv.pol_round,
                                                      cand is not None), time.monotonic()))
 
@@ -599,6 +708,24 @@ class Node:
         finally:
             self._compacting = False
 
+    async def _on_txs(self, raws: list[bytes]) -> None:
+        """Txs relayed by a peer: checked off this connection's read loop, so a vote or proposal behind
+        them on the same connection is not held up by their signature checks. Beyond ``RELAY_BACKLOG``
+        txs in checking, the read loop waits (backpressure on the peer)."""
+        while self.relaying > RELAY_BACKLOG:
+            self.relay_room.clear()
+            await self.relay_room.wait()
+        intake = self._admit(raws)
+        self.relaying += len(raws)
+        task = asyncio.create_task(self._finish_intake(intake, gossip=False, log_intake=False))
+        n = len(raws)
+        task.add_done_callback(lambda _t: self._relayed(n))
+
+    def _relayed(self, n: int) -> None:
+        self.relaying -= n
+        if self.relaying <= RELAY_BACKLOG:
+            self.relay_room.set()
+
     async def submit(self, raws: list[bytes], gossip: bool = True, log_intake: bool | None = None) -> list[bytes | str]:
         """Raw txs in: each result is the tx hash (accepted now or known already) or a rejection reason.
 
@@ -606,28 +733,39 @@ class Node:
         appended to the intake log, and this returns only once they are fsync'd there: "accepted"
         means durably queued at this node. Txs relayed by peers are not logged here (their
         accepting node holds them)."""
-        if log_intake is None:
-            log_intake = gossip
+        return await self._finish_intake(self._admit(raws), gossip, gossip if log_intake is None else log_intake)
+
+    def _admit(self, raws: list[bytes]) -> _Intake:
+        """Synchronous first half of intake: hash, drop what is known, start the checks of the rest
+        (registered in ``inflight`` at once, so a proposal arriving next finds them)."""
         t0 = time.perf_counter()
         hashes = [keccak256(r) for r in raws]
         results: list[bytes | str] = [b""] * len(raws)
         todo: list[int] = []
         batch: set[bytes] = set()
+        inflight = self.inflight
         for i, h in enumerate(hashes):
-            if h in self.mempool.pending or h in self.inflight or h in batch or self._maybe_final(raws[i], h):
+            if h in self.mempool.pending or h in inflight or h in batch or self._maybe_final(raws[i], h):
                 results[i] = h
             else:
                 todo.append(i)
                 batch.add(h)
-        self.inflight.update(batch)
+        job = self.verifier.start([raws[i] for i in todo])
+        for k, i in enumerate(todo):
+            inflight[hashes[i]] = (job, k)
         self._time("intake", t0)
+        return _Intake(raws, hashes, results, todo, job)
+
+    async def _finish_intake(self, it: _Intake, gossip: bool, log_intake: bool) -> list[bytes | str]:
         try:
-            vs = await self.verifier.verify([raws[i] for i in todo])
+            vs = await it.job.result()
         finally:
-            self.inflight.difference_update(batch)
+            for i in it.todo:
+                self.inflight.pop(it.hashes[i], None)
         t0 = time.perf_counter()
+        results, hashes = it.results, it.hashes
         fresh: list[bytes] = []
-        for i, v in zip(todo, vs):
+        for i, v in zip(it.todo, vs):
             if isinstance(v, DecodeError):
                 self.mempool.reject(hashes[i], v.reason)
                 results[i] = v.reason
@@ -695,6 +833,7 @@ class Node:
         counters = dict(self.counters)
         counters.update({f"p2p_{k}": v for k, v in self.net.counters.items()})
         counters.update({f"mempool_{k}": v for k, v in self.mempool.counters.items()})
+        counters.update({f"verify_{k}": v for k, v in self.verifier.counters.items()})
         return {"chainId": self.genesis.chain_id, "address": "0x" + self.address.hex(),
                 "height": self.store.head.height, "finalHeight": self.store.head.height,
                 "consensusHeight": m.height, "round": m.round, "step": m.step,
@@ -703,6 +842,23 @@ class Node:
                 "validatorsUp": up, "mempool": len(self.mempool), "counters": counters,
                 "timing": {k: round(v, 3) for k, v in self.timing.items()},
                 "p2p": f"{self.net.listen[0]}:{self.net.listen[1]}"}
+
+
+def _parse_fault(spec: str | None) -> tuple[str, int] | None:
+    """``precommit@H``: exit right after signing a precommit at height H (the vote is on disk, the block
+    is not); ``commit@H``: exit inside the commit transaction of block H (after its state rows)."""
+    if not spec:
+        return None
+    where, _, height = spec.partition("@")
+    if where not in ("precommit", "commit") or not height.isdigit():
+        raise ValueError(f"{FAULT_ENV}: expected precommit@H or commit@H, got {spec!r}")
+    return where, int(height)
+
+
+def _exit_in_commit(where: str) -> None:
+    if where == "receipts":
+        log.error("fault injection: exiting inside a commit transaction")
+        os._exit(FAULT_EXIT)
 
 
 async def run_node(cfg: NodeConfig, stop: asyncio.Event | None = None) -> None:

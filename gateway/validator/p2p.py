@@ -19,7 +19,9 @@ dialled by the lower address stays. Each connection has a token bucket on
 bytes and frames per second; a peer over it, or sending an oversize or
 malformed frame, is disconnected and the reason counted (``counters``).
 Non-authority peers may connect (observers); their votes and blocks are
-rejected by the node, which checks every signature itself.
+rejected by the node, which checks every signature itself. Sending is
+prioritised: queued votes, proposals and status frames go out before queued tx
+gossip and sync blocks, so consensus latency does not grow with the tx load.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import logging
 import os
 import struct
 import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
@@ -40,6 +43,7 @@ from .errors import ChainError, DecodeError
 log = logging.getLogger(__name__)
 
 HELLO, AUTH, TXS, PROPOSAL, VOTE, STATUS, GET_BLOCKS, BLOCK = range(1, 9)
+BULK = frozenset((TXS, BLOCK))   # sent after any queued consensus frame
 TYPE_NAMES = {HELLO: "hello", AUTH: "auth", TXS: "txs", PROPOSAL: "proposal", VOTE: "vote", STATUS: "status",
               GET_BLOCKS: "get_blocks", BLOCK: "block"}
 MAX_FRAME = 40 * 1024 * 1024
@@ -99,7 +103,9 @@ class Peer:
         self.outbound = outbound
         self.dialled = dialled
         self.address: bytes | None = None
-        self.queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self._urgent: deque[bytes] = deque()    # consensus frames (votes, proposals, status)
+        self._bulk: deque[bytes] = deque()      # tx gossip and sync blocks
+        self._wake = asyncio.Event()
         self.queued = 0
         self.closed = False
         self.bytes_in = _Bucket(net.limits.bytes_per_s, net.limits.burst_s)
@@ -120,14 +126,22 @@ class Peer:
             self.net.count(SEND_QUEUE_FULL)
             self.close()
             return
-        self.queue.put_nowait(frame)
+        (self._bulk if mtype in BULK else self._urgent).append(frame)
+        self._wake.set()
 
     async def _writer(self) -> None:
+        """Consensus frames first: a vote or proposal never waits behind queued tx gossip or sync blocks
+        (those go one frame at a time, re-checking for urgent frames in between)."""
+        urgent, bulk = self._urgent, self._bulk
         try:
             while True:
-                frame = await self.queue.get()
-                if frame is None:
-                    break
+                if not urgent and not bulk:
+                    if self.closed:
+                        break
+                    self._wake.clear()
+                    await self._wake.wait()
+                    continue
+                frame = urgent.popleft() if urgent else bulk.popleft()
                 self.queued -= len(frame)
                 self.writer.write(frame)
                 if self.writer.transport.get_write_buffer_size() > 1 << 20:
@@ -151,7 +165,9 @@ class Peer:
         if self.closed:
             return
         self.closed = True
-        self.queue.put_nowait(None)
+        self._urgent.clear()
+        self._bulk.clear()
+        self._wake.set()
         try:
             self.writer.close()
         except Exception:  # pragma: no cover - already closed transports

@@ -87,10 +87,10 @@ class Proc:
         self.url = f"http://127.0.0.1:{rpc_port}/"
         self.p: subprocess.Popen[bytes] | None = None
 
-    def start(self) -> None:
+    def start(self, env: dict[str, str] | None = None) -> None:
         log = open(self.tmp / f"node{self.i}.log", "ab")
         self.p = subprocess.Popen(self.args, stdout=log, stderr=log, cwd=Path(__file__).resolve().parents[3],
-                                  env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                  env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
 
     def kill(self) -> None:
         assert self.p is not None
