@@ -53,7 +53,7 @@ def rig(tmp_path_factory):
 def _shot(page: Page, shots, name: str) -> None:  # type: ignore[no-untyped-def]
     """A full-page screenshot; TOTP secrets (text and QR) and typed codes are masked: the pictures
     end up in docs/img and must not carry even a test account's secret."""
-    secret = [page.locator(sel) for sel in (".qr", "#totp-secret", "input[name=code]")]
+    secret = [page.locator(sel).filter(visible=True) for sel in (".qr", "#totp-secret", "input[name=code]")]
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True, mask=secret, mask_color="#9aa5a0")
 
 
