@@ -49,6 +49,7 @@ class Validators:
         if not urls:
             raise ValueError("at least one side-chain RPC URL")
         self.clients = {u: JsonRpcClient(u, timeout=timeout) for u in urls}
+        self.last_refused: dict[str, str] = {}    # url -> reason of the last ``collect`` (also when it failed)
 
     async def aclose(self) -> None:
         for c in self.clients.values():
@@ -106,6 +107,7 @@ class Validators:
             except (AnchorError, ValueError) as exc:
                 refused[url] = exc.reason if isinstance(exc, AnchorError) else BAD_RESPONSE
                 log.info("checkpoint %d: %s refused or failed: %s", height, url, exc)
+        self.last_refused = refused
         need = threshold(len(authorities))
         if len(groups) > 1:
             log.error("checkpoint %d: authorities signed %d different blocks: %s", height, len(groups),

@@ -120,9 +120,11 @@ class Relayer:
     async def prepare(self, height: int) -> Entry:
         """Signatures for ``height``, the registry's dry run (``Reverted`` with its reason), the signed main-chain
         tx, journalled durably. Nothing is sent: ``_follow`` sends the journalled bytes."""
-        col = await self.validators.collect(height, self.domain, self.genesis_hash, self.authorities)
-        for reason in col.refused.values():
-            self.count(f"signature_refused_{reason}")
+        try:
+            col = await self.validators.collect(height, self.domain, self.genesis_hash, self.authorities)
+        finally:
+            for reason in self.validators.last_refused.values():
+                self.count(f"signature_refused_{reason}")
         data = submit_calldata(col.checkpoint, list(col.signatures))
         gas = await self.evm.estimate_gas(self.sender, self.cfg.registry, data)
         nonce = await self.evm.nonce(self.sender, "pending")

@@ -15,14 +15,17 @@ from pathlib import Path
 
 import pytest
 
+from gateway.anchor.deploy import deploy_registry
+from gateway.anchor.evm import EvmRpc
 from gateway.anchor.journal import ANCHORED
 from gateway.anchor.relayer import Relayer, RelayerConfig
 from gateway.cli import main as cli_main
 from gateway.validator.crypto import address_of
+from gateway.validator.genesis import parse_genesis
 from gateway.validator.tx import CHECKPOINT, decode_tx
-from tests.gateway.validator.netkit import AUTH_KEYS
+from tests.gateway.validator.netkit import AUTH_KEYS, genesis_doc
 
-from .rig import EVERY, RELAYER_KEY, AnchorRig
+from .rig import BT, DEPLOYER, EVERY, RELAYER_KEY, AnchorRig
 
 
 def _no_double_anchoring(rig: AnchorRig) -> list[dict]:
@@ -206,3 +209,27 @@ def test_anchor_cli_rounds_and_json(rig: AnchorRig, tmp_path: Path, capsys: pyte
     assert "--every" in capsys.readouterr().err
     missing = [str(tmp_path / "missing.key") if a == str(rig.relayer_key) else a for a in args]
     assert cli_main(missing) == 2 and "missing.key" in capsys.readouterr().err
+
+
+def test_registry_of_another_chain_gets_no_signatures(rig: AnchorRig, tmp_path: Path) -> None:
+    """A relayer pointed at a registry for another side chain: every validator's answer is refused
+    (wrong_chain), nothing is signed for the main chain, and it says why."""
+    other = parse_genesis({**genesis_doc(4, BT), "name": "another-chain"})
+
+    async def go() -> tuple[dict[str, int], int]:
+        evm = EvmRpc(rig.anvil.url)
+        try:
+            reg = (await deploy_registry(evm, DEPLOYER.secret, other)).address
+        finally:
+            await evm.aclose()
+        r = Relayer(RelayerConfig(side_urls=tuple(rig.urls), main_url=rig.anvil.url, registry=reg, every=1,
+                                  key=RELAYER_KEY.secret, journal=tmp_path / "j.db", poll=0.01))
+        try:
+            await r.run(asyncio.Event(), rounds=2)
+            return r.counters, (await r.registry.latest()).height
+        finally:
+            await r.aclose()
+    sent = rig.relayer_tx_count()
+    counters, latest = asyncio.run(go())
+    assert counters == {"signature_refused_wrong_chain": 8, "error_insufficient_signatures": 2} and latest == 0
+    assert rig.relayer_tx_count() == sent
