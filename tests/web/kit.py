@@ -124,7 +124,7 @@ class Trading:
     secret_file: Path
 
 
-def make_trading_web(tmp: Path, clock: Clock | None = None) -> Trading:
+def make_trading_web(tmp: Path, clock: Clock | None = None, **kw: Any) -> Trading:
     from gateway.cli import main as cli_main
     from gateway.market.wallet import Wallet, WalletKdf
 
@@ -136,7 +136,7 @@ def make_trading_web(tmp: Path, clock: Clock | None = None) -> Trading:
     Wallet(wallet_dir, secret_file.read_bytes().strip(), kdf=WalletKdf.light()).close()  # light scrypt for tests
     assert cli_main(["validator", "init", "--authorities", "1", "--out", str(tmp / "chain")]) == 0
     web = make_web(tmp, clock=clock, wallet_dir=wallet_dir, wallet_secret_file=secret_file,
-                   genesis=tmp / "chain" / "genesis.json")
+                   genesis=tmp / "chain" / "genesis.json", **kw)
     return Trading(web, clock, wallet_dir, secret_file)
 
 
