@@ -4,6 +4,7 @@
   chain of that genesis (gateway/anchor/deploy.py).
 - ``chain anchor --rpc SIDE_URL... --main-rpc URL --registry ADDR --key FILE [--every N]``: the relayer
   (gateway/anchor/relayer.py), until SIGINT/SIGTERM, or ``--rounds N``.
+- ``chain checkpoints --main-rpc URL --registry ADDR [--rpc SIDE_URL]``: what is anchored, how far behind.
 - ``chain verify --checkpoint --rpc SIDE_URL --main-rpc URL --registry ADDR --block H [--tx HASH] [--genesis FILE]
   [--json]``:
   exit 0 when the block (and the tx) are covered by an anchored checkpoint, 1 when the proof fails (the
@@ -54,6 +55,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--rounds", type=int, default=None, help="stop after this many rounds (default: run)")
     a.add_argument("--json", action="store_true", help="on exit, one JSON object of counters as the last line")
     a.set_defaults(func=cmd_anchor)
+
+    k = cs.add_parser("checkpoints", help="the checkpoints anchored in a registry, and how far the side chain is ahead")
+    k.add_argument("--main-rpc", required=True, metavar="URL")
+    k.add_argument("--registry", required=True, metavar="ADDR")
+    k.add_argument("--rpc", default=None, metavar="SIDE_URL", help="a side-chain RPC: also show its final height")
+    k.add_argument("--last", type=int, default=10, metavar="N", help="list the last N (default 10)")
+    k.add_argument("--from-block", type=int, default=0, help="main-chain block to search checkpoint logs from")
+    k.add_argument("--json", action="store_true", help="one JSON object as the last line")
+    k.set_defaults(func=cmd_checkpoints)
 
     v = cs.add_parser("verify", help="prove a side-chain block and tx are covered by an anchored checkpoint")
     v.add_argument("--checkpoint", action="store_true", required=True,
@@ -150,6 +160,58 @@ def cmd_anchor(args: argparse.Namespace) -> int:
     counters = asyncio.run(main())
     if args.json:
         print(json.dumps({"counters": counters}))
+    return 0
+
+
+def cmd_checkpoints(args: argparse.Namespace) -> int:
+    from gateway.anchor.errors import AnchorError
+    from gateway.anchor.evm import EvmRpc
+    from gateway.anchor.registry import Registry
+    from gateway.chain_client.errors import ChainClientError
+    from gateway.chain_client.rpc import JsonRpcClient
+
+    try:
+        address = _address(args.registry)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+    async def main() -> dict[str, Any]:
+        evm = EvmRpc(args.main_rpc)
+        try:
+            reg = Registry(evm, address)
+            heights = (await reg.anchored_heights(args.from_block))[-max(0, args.last):] if args.last else []
+            latest = await reg.latest()      # read after the logs: never below the last one listed
+            rows = []
+            for h in heights:
+                cp = await reg.at(h)
+                if cp is not None:
+                    rows.append({"height": h, "blockHash": "0x" + cp.block_hash.hex(),
+                                 "stateRoot": "0x" + cp.state_root.hex()})
+            out: dict[str, Any] = {"registry": args.registry, "genesisHash": "0x" + (await reg.genesis_hash()).hex(),
+                                   "authorities": len(await reg.authorities()), "latest": latest.height,
+                                   "checkpoints": rows}
+        finally:
+            await evm.aclose()
+        if args.rpc:
+            async with JsonRpcClient(args.rpc) as side:
+                final = int(await side.call("chain_finalizedNumber"))
+            out["sideFinal"] = final
+            out["unanchoredBlocks"] = max(0, final - latest.height)
+        return out
+    try:
+        out = asyncio.run(main())
+    except (AnchorError, ChainClientError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"registry {out['registry']}: side chain {out['genesisHash']}, {out['authorities']} authorities, "
+          f"latest checkpoint at height {out['latest']}")
+    for r in out["checkpoints"]:
+        print(f"  {r['height']:>10}  {r['blockHash']}")
+    if "sideFinal" in out:
+        print(f"side chain final height {out['sideFinal']}: {out['unanchoredBlocks']} blocks not yet anchored")
+    if args.json:
+        print(json.dumps(out))
     return 0
 
 

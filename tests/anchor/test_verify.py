@@ -179,3 +179,21 @@ def test_block_above_the_last_checkpoint_is_not_covered_and_cli_json(rig: Anchor
                       (["--tx", "0x1234"], "32-byte")):
         assert cli_main(base[3:] + args) == 2
         assert err in capsys.readouterr().err
+
+
+def test_checkpoints_lists_what_is_anchored(rig: AnchorRig, capsys: pytest.CaptureFixture[str]) -> None:
+    if rig.relayer is None:
+        rig.start_relayer()
+    rig.wait_anchored(rig.latest())
+    args = ["chain", "checkpoints", "--main-rpc", rig.anvil.url, "--registry", rig.contract.address,
+            "--rpc", rig.urls[0], "--last", "3", "--json"]
+    assert cli_main(args) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    events = [e for e in rig.events() if e["height"] <= out["checkpoints"][-1]["height"]]   # the relayer goes on
+    assert [c["height"] for c in out["checkpoints"]] == [e["height"] for e in events][-3:]
+    assert [c["blockHash"] for c in out["checkpoints"]] == ["0x" + e["blockHash"].hex() for e in events][-3:]
+    assert out["genesisHash"] == "0x" + rig.genesis.hash.hex() and out["authorities"] == 4
+    assert out["sideFinal"] >= out["latest"] and out["unanchoredBlocks"] == out["sideFinal"] - out["latest"]
+    assert cli_main(["chain", "checkpoints", "--main-rpc", "http://127.0.0.1:9/", "--registry",
+                     rig.contract.address]) == 1
+    assert "main_unavailable" in capsys.readouterr().err
