@@ -98,9 +98,9 @@ class Web:
         self.cookie_name = "__Host-mn_session" if config.cookie_secure else "mn_session"
         self.store()  # tables exist before the first request
         from gateway.web import (routes_account, routes_actions, routes_household, routes_operator, routes_pair,
-                                 routes_withdraw)
+                                 routes_password, routes_withdraw)
         routes = [*routes_account.ROUTES, *routes_pair.ROUTES, *routes_household.ROUTES, *routes_actions.ROUTES,
-                  *routes_withdraw.ROUTES,
+                  *routes_withdraw.ROUTES, *routes_password.ROUTES,
                   *routes_operator.ROUTES,
                   Mount("/static", StaticFiles(directory=str(HERE / "static")), name="static")]
         self.app = Starlette(
@@ -167,6 +167,13 @@ class Web:
         if v.account.is_operator != operator:
             self.guard.count("wrong_role")
             raise Refused(403, "wrong_role", "This page is not for your account.")
+        return v, v.account
+
+    def signed_in_any(self, request: Request) -> tuple[Visit, Account]:
+        """The signed-in account of either role, or a redirect to sign in."""
+        v = self.visit(request)
+        if v.account is None:
+            raise Redirect("/signin")
         return v, v.account
 
     async def form(self, request: Request, v: Visit) -> FormData:

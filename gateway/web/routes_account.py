@@ -174,7 +174,9 @@ async def two_factor(request: Request) -> Response:
         web.guard.count(f"totp_enrol_{result}")
         error, status = "That code is not right. Type the 6 digits your app shows now.", 400
     if account.totp_enabled:
-        return web.render(request, v, "two_factor.html", enabled=True, next=nxt)
+        done = "Your password is changed; other sessions are signed out." \
+            if request.query_params.get("done") == "password" else None
+        return web.render(request, v, "two_factor.html", enabled=True, next=nxt, done=done)
     secret = store.accounts.pending_secret(account) or store.accounts.start_enrolment(account)
     uri = pyotp.TOTP(secret).provisioning_uri(name=account.login, issuer_name=f"Metanoia {web.config.grid}")
     qr = segno.make(uri, error="m").svg_inline(scale=4, dark="#111", light="#fff", omitsize=True)

@@ -15,7 +15,8 @@ from tests.web.kit import (ORIGIN, PASSWORD, Clock, add_device, client, csrf_of,
 # every POST endpoint and a page (GET) of the same session that carries a token
 POSTS = {"/signup": "/signup", "/signin": "/signin", "/signin/code": "/home", "/signout": "/home",
          "/account/2fa": "/account/2fa", "/pair": "/home", "/home/order": "/home", "/home/order/cancel": "/home",
-         "/home/policy": "/home", "/home/export": "/home", "/home/withdraw": "/home"}
+         "/home/policy": "/home", "/home/export": "/home", "/home/withdraw": "/home",
+         "/account/password": "/account/2fa"}
 
 
 def _post_routes(web) -> set[str]:  # type: ignore[no-untyped-def]

@@ -121,3 +121,34 @@ def test_expired_sessions_are_purged_from_the_table(tmp_path) -> None:
     clock.t += 3601   # past the anonymous and the idle limits
     client(web).get("/signin")   # any request purges (at most every 10 minutes)
     assert count() == 1          # only the new visitor's
+
+
+def test_changing_the_password_needs_the_old_one_and_a_code_and_ends_other_sessions(tmp_path) -> None:
+    clock = Clock()
+    web = make_web(tmp_path, clock=clock)
+    user = signup(web, "kim@example.com")
+    enrol(web, user, clock)
+    other = client(web)   # the same person (or someone else) signed in elsewhere
+    post(other, "/signin", {"login": "kim@example.com", "password": PASSWORD})
+    clock.t += 60
+    post(other, "/signin/code", {"code": user.code(clock)}, page="/signin/code")
+    assert other.get("/home").status_code == 200
+    new = "violet-harbour-engine-77"
+
+    def change(data):  # type: ignore[no-untyped-def]
+        return post(user.c, "/account/password", data, page="/account/2fa")
+
+    r = change({"current": "not-my-password", "new": new, "new2": new})
+    assert r.status_code == 403 and 'data-reason="wrong_password"' in r.text
+    r = change({"current": PASSWORD, "new": "short", "new2": "short"})
+    assert r.status_code == 400 and 'data-reason="weak_password"' in r.text
+    r = change({"current": PASSWORD, "new": new, "new2": new})
+    assert r.status_code == 403 and 'data-reason="totp_missing"' in r.text
+    r = change({"current": PASSWORD, "new": new, "new2": new, "code": user.code(clock, ahead=1)})
+    assert r.status_code == 303 and r.headers["location"] == "/account/2fa?done=password"
+    assert "Your password is changed" in user.c.get("/account/2fa?done=password").text
+    assert user.c.get("/home").status_code == 200     # this session goes on (a new token)
+    assert other.get("/home").status_code == 303      # every other one ended
+    c = client(web)
+    assert post(c, "/signin", {"login": "kim@example.com", "password": PASSWORD}).status_code == 401
+    assert post(c, "/signin", {"login": "kim@example.com", "password": new}).status_code == 303
