@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
+import threading
 from pathlib import Path
 
 from gateway.installer.transport import DeviceError
@@ -22,16 +23,21 @@ RUNNER = HIL / "mp_session.mjs"
 
 
 class NodeSession:
-    def __init__(self, fs: Path | None = None, *, heap: int = 16 * 1024 * 1024, firmware_src: bool = False) -> None:
+    def __init__(self, fs: Path | None = None, *, heap: int = 16 * 1024 * 1024, firmware_src: bool = False,
+                 lib: Path | None = None) -> None:
         if not available():
             raise MicroPythonUnavailable("node and npm package @micropython/micropython-webassembly-pyscript are required")
         dirs = {"/hil": str(HIL)}
         if fs is not None:
             dirs["/"] = str(Path(fs).resolve())
         path = ["/hil"]
+        if lib is not None:  # the board's own modules (machine, ...), as a port's built-ins
+            dirs["/board"] = str(Path(lib).resolve())
+            path.insert(0, "/board")
         if firmware_src:
             dirs["/fw"] = str(ROOT / "firmware")
             path.insert(0, "/fw")
+        self._lock = threading.Lock()  # one request at a time: a test may peek while a pty board serves
         self._proc = subprocess.Popen(["node", str(RUNNER)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                       stderr=subprocess.PIPE, text=True, cwd=str(ROOT))
         self._send({"dirs": dirs, "path": path, "cwd": "/", "heap": heap})
@@ -55,13 +61,27 @@ class NodeSession:
             raise DeviceError(f"the device raised: {last}", traceback=str(reply.get("out", "")) + "\n" + tb)
         return reply
 
+    def _call(self, req: dict[str, object]) -> dict[str, object]:
+        with self._lock:
+            self._send(req)
+            return self._recv()
+
     def exec(self, code: str, timeout: float = 60.0) -> str:
-        self._send({"op": "exec", "code": code})
-        return str(self._recv()["out"])
+        return str(self._call({"op": "exec", "code": code})["out"])
+
+    def exec_raw(self, code: str) -> tuple[str, str]:
+        """(stdout, traceback) without raising: what a raw REPL sends back."""
+        with self._lock:
+            self._send({"op": "exec", "code": code})
+            assert self._proc.stdout is not None
+            line = self._proc.stdout.readline()
+        if not line:
+            raise DeviceError("the MicroPython session ended", "no_repl")
+        reply = json.loads(line)
+        return str(reply.get("out", "")), "" if reply.get("ok") else str(reply.get("error", ""))
 
     def put(self, path: str, data: bytes) -> None:
-        self._send({"op": "put", "path": path, "b64": base64.b64encode(data).decode()})
-        self._recv()
+        self._call({"op": "put", "path": path, "b64": base64.b64encode(data).decode()})
 
     def put_tree(self, root: Path, names: list[str]) -> None:
         for n in names:
@@ -71,8 +91,7 @@ class NodeSession:
                 self.put("/" + f.relative_to(root).as_posix(), f.read_bytes())
 
     def get(self, path: str) -> bytes:
-        self._send({"op": "get", "path": path})
-        return base64.b64decode(str(self._recv()["b64"]))
+        return base64.b64decode(str(self._call({"op": "get", "path": path})["b64"]))
 
     def close(self) -> None:
         if self._proc.poll() is None:

@@ -43,8 +43,8 @@ def register(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
     p = dsub.add_parser("provision", help="generate the key in the ATECC608, write settings, make the record")
     p.add_argument("--port", required=True,
-                   help="serial port of the board; 'emulator' = the bundle on MicroPython under Node with a blank "
-                        "emulated ATECC608 (training and CI)")
+                   help="serial port of the board; 'emulator' = a board flashed with --bundle and a blank ATECC608, "
+                        "emulated behind a pty (MicroPython under Node; for training and CI)")
     p.add_argument("--gateway", required=True, help="the gateway's URL, e.g. https://gw.oak-court.example")
     p.add_argument("--grid", required=True, help="the complex's grid id")
     p.add_argument("--name", help="the flat (e.g. 101-A), printed on the label")
@@ -115,26 +115,22 @@ def run_flash(args: argparse.Namespace) -> int:
 
 def run_provision(args: argparse.Namespace) -> int:
     from gateway.installer import provision
+    from gateway.installer.transport import MpremoteTransport, check_port
 
     password = wifi_password(args.wifi_ssid)
     kw: dict[str, Any] = dict(gateway_url=args.gateway, grid=args.grid, name=args.name, profile=args.profile, out_dir=args.out,
               wifi_ssid=args.wifi_ssid, wifi_password=password)
     if args.port == "emulator":
         from gateway.installer import build
-        from hil.mp_session import NodeSession
+        from hil.raw_repl_board import RawReplBoard
 
         if args.bundle is None:
             print("error [no_bundle]: --port emulator needs --bundle", file=sys.stderr)
             return 2
-        b = build.load(args.bundle)
-        with NodeSession(b.fs) as t:
-            # A new chip each run: the seed comes from the host (no os.urandom under Node).
-            t.exec("import atecc608_emulator as E\nBUS = E.ATECC608Emulator(provisioned=False, blank=True, "
-                   f"seed=bytes.fromhex('{secrets.token_hex(16)}'))\n")
-            p = provision.provision(t, bus="BUS", **kw)
+        # A flashed board with a new blank chip behind a pty: the same mpremote path as a real one.
+        with RawReplBoard(build.load(args.bundle).fs, seed=secrets.token_bytes(16)) as board:
+            p = provision.provision(MpremoteTransport(board.port), **kw)
     else:
-        from gateway.installer.transport import MpremoteTransport, check_port
-
         check_port(args.port)
         p = provision.provision(MpremoteTransport(args.port), **kw)
     dev, rec = p.device, p.record
