@@ -44,6 +44,9 @@ def register(gsub: argparse._SubParsersAction) -> None:
                    help="a chain client outbox database besides --db (the market's fill transactions)")
     s.add_argument("--tariff", default="residential-low", help="the KEPCO table the bills use")
     s.add_argument("--secret-file", type=Path, help="the web server's secret (default DB.web-secret, created 0600)")
+    s.add_argument("--proxy", action="append", default=[], metavar="IP",
+                   help="a reverse proxy whose X-Forwarded-For is trusted for the client address (the per-address "
+                        "limits); repeat for each; default: none")
     s.set_defaults(func=cmd_serve)
 
     a = wsub.add_parser("add-operator", help="create an operator account (utility staff)")
@@ -96,7 +99,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     logging.getLogger("gateway.web").setLevel(logging.INFO)
     print(f"metanoia gateway web: serving {cfg.public_url} (grid {cfg.grid})", flush=True)
     uvicorn.run(web.app, host=host or "127.0.0.1", port=int(port), access_log=False, log_level="warning",
-                proxy_headers=False)
+                proxy_headers=bool(args.proxy), forwarded_allow_ips=",".join(args.proxy) or None)
     return EXIT_OK
 
 

@@ -70,3 +70,46 @@ def test_reset_2fa_forgets_the_secret_and_ends_sessions(tmp_path, capsys) -> Non
     assert not web.store().accounts.by_login("kim@example.com").totp_enabled  # type: ignore[union-attr]
     assert user.c.get("/home").status_code == 303   # signed out everywhere
     assert cli_main(["gateway", "web", "reset-2fa", "nobody@example.com", "--db", str(web.config.db)]) == 1
+
+
+def test_serve_behind_a_proxy_limits_each_client_address(tmp_path) -> None:
+    """With --proxy, X-Forwarded-For of that proxy is the client: one client's sign-in burst does not lock
+    out the others (without it, everyone shares the proxy's address)."""
+    import re
+    import subprocess
+    import sys
+
+    import httpx
+
+    from hil.broker import free_port, wait_port
+    from tests.web.browser_kit import ROOT
+
+    def attempts(proxy: bool, db_name: str) -> tuple[list[int], list[int]]:
+        port = free_port()
+        proc = subprocess.Popen([sys.executable, "-m", "gateway.cli", "gateway", "web", "serve", "--db",
+                                 str(tmp_path / db_name), "--grid", "demo", "--listen", f"127.0.0.1:{port}",
+                                 "--insecure-cookie", *(["--proxy", "127.0.0.1"] if proxy else [])], cwd=ROOT,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            wait_port("127.0.0.1", port, timeout=60)
+            base = f"http://127.0.0.1:{port}"
+
+            def signin(client_ip: str, login: str) -> int:
+                with httpx.Client(base_url=base, headers={"x-forwarded-for": client_ip}) as c:
+                    token = re.search(r'name="csrf" value="([^"]+)"', c.get("/signin").text).group(1)  # type: ignore[union-attr]
+                    return c.post("/signin", data={"csrf": token, "login": login, "password": "wrong-password-1"},
+                                  headers={"origin": base}).status_code
+            burst = []
+            while 429 not in burst and len(burst) < 80:   # until this client's address is limited
+                burst.append(signin("203.0.113.7", f"guess{len(burst)}@example.com"))
+            return burst, [signin("198.51.100.2", "kim@example.com") for _ in range(3)]
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+    burst, other = attempts(True, "a.db")
+    assert burst[-1] == 429 and len(burst) > 30 and other == [401] * 3   # the other client is not locked out
+    burst, other = attempts(False, "b.db")
+    # without --proxy, X-Forwarded-For is ignored: one address, one bucket (a token refills every 5 s, so
+    # at most one of three quick attempts can get through)
+    assert burst[-1] == 429 and other.count(429) >= 2
