@@ -15,7 +15,7 @@ from gateway import db as gdb
 from gateway.devices import DeviceRegistry
 from gateway.market.wallet import Wallet, WalletKdf
 from hil.broker import Mosquitto
-from tests.web.browser_kit import DESKTOP, GRID, PHONE, Gateway, Meter, cli, screenshot_dir, wait_until
+from tests.web.browser_kit import DESKTOP, GRID, PHONE, Gateway, Meter, cli, screenshot_dir
 
 CLAIM = "K7QX-42RM-9TZD"
 PASSWORD = "amber-kettle-orbit-42"

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import paho.mqtt.client as paho
 import pyotp
-import pytest
 import uvicorn
 from playwright.sync_api import expect, sync_playwright
 
