@@ -197,3 +197,13 @@ def test_checkpoints_lists_what_is_anchored(rig: AnchorRig, capsys: pytest.Captu
     assert cli_main(["chain", "checkpoints", "--main-rpc", "http://127.0.0.1:9/", "--registry",
                      rig.contract.address]) == 1
     assert "main_unavailable" in capsys.readouterr().err
+
+
+def test_headers_are_fetched_in_pages(rig: AnchorRig, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("gateway.anchor.verify.MAX_HEADERS", 2)
+
+    async def go() -> tuple[Verdict, int, int]:
+        tx, h, c = await _anchored_tx(rig)
+        return await _verify(rig, h, tx), h, c
+    v, h, c = asyncio.run(go())
+    assert v.ok and v.headers_checked == c - h + 1 >= 2, v
