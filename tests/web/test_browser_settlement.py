@@ -10,6 +10,7 @@ clock, which the web app reads too (so "the next intervals" are the day's)."""
 from __future__ import annotations
 
 import threading
+import time
 from pathlib import Path
 
 import paho.mqtt.client as paho
@@ -42,7 +43,6 @@ HOUSES = [("sun-1", 6.0, 350.0), ("dark-2", 0.0, 600.0)]
 
 
 def test_a_manual_order_is_filled_and_settled(tmp_path: Path) -> None:
-    import time
     kst_midnight = (int(time.time()) + 9 * 3600) // 86400 * 86400 - 9 * 3600
     start = kst_midnight - 2 * 86400 + 11 * 3600      # 11:00 KST two days ago: sun, and in the wall clock's past
     end = start + INTERVALS * L
