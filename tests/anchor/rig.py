@@ -1,7 +1,7 @@
 """The anchoring rig: 4 real validator processes, anvil as the main chain with the registry, the relayer.
 
 Validators are ``metanoia validator run`` processes (tests/gateway/validator/netkit.py's ``Proc``), the
-main chain is anvil with 1 s blocks (so a submission stays pending for a while: room for kill -9), the
+main chain is anvil with 0.5 s blocks (a submission stays pending for a while: room for kill -9), the
 registry is the compiled CheckpointRegistry deployed for this side chain's genesis hash and
 authorities, and the relayer is ``metanoia chain anchor`` as a process.
 """
@@ -84,7 +84,7 @@ class AnchorRig:
         self.procs = [Proc(tmp, i, gpath, p2p[i], [p for j, p in enumerate(p2p) if j != i], ports[n + i], BT)
                       for i in range(n)]
         self.urls = [p.url for p in self.procs]
-        self.anvil = Anvil(chain_id=MAIN_CHAIN_ID, block_time=1)
+        self.anvil = Anvil(chain_id=MAIN_CHAIN_ID, block_time=0.5)
         self.relayer: subprocess.Popen[bytes] | None = None
         self.relayer_key = tmp / "relayer.key"
         write_key(self.relayer_key, RELAYER_KEY.secret)
