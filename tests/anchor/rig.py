@@ -109,7 +109,7 @@ class AnchorRig:
             finally:
                 await evm.aclose()
         self.registry = asyncio.run(deploy())
-        self.contract = self.w3.eth.contract(address=cs(self.registry), abi=art["CheckpointRegistry"]["abi"])
+        self.contract = self.w3.eth.contract(address=Web3.to_checksum_address(cs(self.registry)), abi=art["CheckpointRegistry"]["abi"])
         asyncio.run(self._wait_up())
         return self
 
@@ -186,7 +186,7 @@ class AnchorRig:
         return [dict(e["args"]) | {"tx": e["transactionHash"]} for e in logs]
 
     def relayer_tx_count(self) -> int:
-        return int(self.w3.eth.get_transaction_count(cs(RELAYER_KEY)))
+        return int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(cs(RELAYER_KEY))))
 
     def latest(self) -> int:
         return int(self.contract.functions.latest().call()[0])

@@ -23,6 +23,7 @@ from gateway.cli import main as cli_main
 from gateway.validator.crypto import address_of
 from gateway.validator.genesis import parse_genesis
 from gateway.validator.tx import CHECKPOINT, decode_tx
+from gateway.validator.tx import Checkpoint as CheckpointTx
 from tests.gateway.validator.netkit import AUTH_KEYS, genesis_doc
 
 from .rig import BT, DEPLOYER, EVERY, RELAYER_KEY, AnchorRig
@@ -75,6 +76,7 @@ def test_checkpoints_anchored_while_transactions_flow(rig: AnchorRig) -> None:
                 for raw in (await rig.call(0, "chain_getBlockByNumber", n, True))["transactions"]:
                     tx = decode_tx(bytes.fromhex(raw[2:]))
                     if tx.type == CHECKPOINT:
+                        assert isinstance(tx.payload, CheckpointTx)
                         assert tx.sender == address_of(AUTH_KEYS[0])
                         assert tx.payload.height not in seen
                         seen[tx.payload.height] = tx.payload.block_hash
