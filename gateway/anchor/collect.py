@@ -17,6 +17,7 @@ from typing import Any
 
 from gateway.chain_client.errors import ChainClientError
 from gateway.chain_client.rpc import JsonRpcClient
+from gateway.validator.block import Header
 from gateway.validator.checkpoint import Checkpoint, CheckpointDomain, checkpoint_signer, threshold
 from gateway.validator.crypto import to_checksum
 from gateway.validator.errors import DecodeError
@@ -73,6 +74,18 @@ class Validators:
             raise AnchorError(SIDE_UNAVAILABLE, f"{len(heights)} of {len(self.clients)} validators answered, "
                                                 f"{k} needed")
         return heights[k - 1]
+
+    async def block_time(self, height: int) -> int | None:
+        """The timestamp of final block ``height`` from the first validator that has it (for scheduling only:
+        nothing signed depends on it)."""
+        for c in self.clients.values():
+            try:
+                raw = await c.call("chain_getHeaders", height, 1)
+                if isinstance(raw, list) and raw:
+                    return Header.decode(bytes.fromhex(str(raw[0])[2:])).timestamp
+            except (ChainClientError, ValueError, DecodeError):
+                continue
+        return None
 
     async def collect(self, height: int, domain: CheckpointDomain, genesis_hash: bytes,
                       authorities: list[bytes]) -> Collected:

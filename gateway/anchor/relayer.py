@@ -7,8 +7,9 @@ Each round (``step``):
 2. put anchored checkpoints not yet recorded on the side chain into the chain client's outbox as a
    ``checkpoint`` transaction (only with an authority key: the side chain's rule for that type);
 3. read the registry's latest height L and the highest height F final on >= threshold validators;
-   when F >= L + every: collect the signatures for F, check the submission with ``eth_estimateGas``
-   (the registry's own reason on refusal), sign it, journal it (fsync), send it, follow it.
+   when F >= L + every (or, with ``max_age``, F's block time is that much past L's): collect the
+   signatures for F, check the submission with ``eth_estimateGas`` (the registry's own reason on
+   refusal), sign it, journal it (fsync), send it, follow it.
 
 Exactly-once and crash safety come from the journal (journal.py) and the registry's monotonic height.
 """
@@ -51,6 +52,8 @@ class RelayerConfig:
     resend_every: float = 10.0         # send the journalled bytes again while no receipt
     rpc_timeout: float = 5.0
     confirmations: int = 1             # main-chain blocks (the receipt's included) before a checkpoint counts
+    max_age: float | None = None       # also anchor once the last checkpoint is this many seconds of side-chain
+                                       # block time old, even with fewer than ``every`` new blocks
 
 
 @dataclass
@@ -104,7 +107,8 @@ class Relayer:
         await self._record_on_side()
         latest = await self.registry.latest()
         target = await self.validators.anchorable_height(len(self.authorities))
-        if target < latest.height + max(1, self.cfg.every):
+        if target <= latest.height or (target < latest.height + self.cfg.every
+                                       and not await self._old_enough(latest.height, target)):
             return "waiting"
         try:
             entry = await self.prepare(target)
@@ -138,6 +142,12 @@ class Relayer:
         log.info("checkpoint %d (0x%s) with %d signatures: main tx 0x%s nonce %d", cp.height, cp.block_hash.hex(),
                  len(col.signatures), tx_hash.hex(), nonce)
         return entry
+
+    async def _old_enough(self, anchored: int, target: int) -> bool:
+        if self.cfg.max_age is None:
+            return False
+        t0, t1 = await self.validators.block_time(anchored), await self.validators.block_time(target)
+        return t0 is not None and t1 is not None and t1 - t0 >= self.cfg.max_age
 
     async def _follow(self, e: Entry) -> bool:
         """Drive a journalled submission to a receipt; False if it is still open after ``receipt_wait``."""

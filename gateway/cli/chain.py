@@ -47,6 +47,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     a.add_argument("--side-key", type=Path, default=None,
                    help="an authority's key file: also record each anchored checkpoint on the side chain")
     a.add_argument("--every", type=int, default=10, metavar="N", help="anchor every N final blocks (default 10)")
+    a.add_argument("--max-age", type=float, default=None, metavar="SECONDS",
+                   help="also anchor once the last checkpoint is this old in side-chain block time")
     a.add_argument("--poll", type=float, default=1.0, metavar="SECONDS", help="seconds between rounds")
     a.add_argument("--confirmations", type=int, default=1, metavar="K",
                    help="main-chain blocks, the receipt's included, before a checkpoint counts (default 1: PoA)")
@@ -134,10 +136,10 @@ def cmd_anchor(args: argparse.Namespace) -> int:
     try:
         cfg = RelayerConfig(side_urls=tuple(args.rpc), main_url=args.main_rpc, registry=_address(args.registry),
                             key=read_key(args.key), journal=args.journal, every=args.every, poll=args.poll,
-                            confirmations=args.confirmations,
+                            confirmations=args.confirmations, max_age=args.max_age,
                             side_key=read_key(args.side_key) if args.side_key else None)
-        if args.every < 1 or args.confirmations < 1:
-            raise ValueError("--every and --confirmations must be >= 1")
+        if args.every < 1 or args.confirmations < 1 or (args.max_age is not None and args.max_age <= 0):
+            raise ValueError("--every and --confirmations must be >= 1, --max-age > 0")
     except (ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

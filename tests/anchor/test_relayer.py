@@ -160,10 +160,12 @@ def test_anchoring_continues_with_one_validator_down(rig: AnchorRig) -> None:
         asyncio.run(rig._wait_up())
 
 
-def test_confirmations_wait_for_depth_on_the_main_chain(rig: AnchorRig) -> None:
+def test_max_age_and_confirmations(rig: AnchorRig) -> None:
+    """``every`` out of reach: the checkpoint's age in side-chain block time triggers it; and its receipt
+    counts only under two more main-chain blocks."""
     rig.stop_relayer(graceful=True)
     cfg = RelayerConfig(side_urls=tuple(rig.urls), main_url=rig.anvil.url, registry=rig.registry,
-                        key=RELAYER_KEY.secret, journal=rig.journal, every=1, confirmations=3)
+                        key=RELAYER_KEY.secret, journal=rig.journal, every=10**9, max_age=1, confirmations=3)
 
     async def one_anchor() -> tuple[str, int]:
         r = Relayer(cfg)
@@ -176,7 +178,7 @@ def test_confirmations_wait_for_depth_on_the_main_chain(rig: AnchorRig) -> None:
         finally:
             await r.aclose()
     try:
-        what, head = asyncio.run(one_anchor())
+        what, head = asyncio.run(asyncio.wait_for(one_anchor(), 30))
         height = int(what.split(":")[1])
         (ev,) = [e for e in rig.events() if e["height"] == height]
         mined_in = rig.w3.eth.get_transaction_receipt(ev["tx"])["blockNumber"]
