@@ -83,6 +83,9 @@ class NodeSession:
     def put(self, path: str, data: bytes) -> None:
         self._call({"op": "put", "path": path, "b64": base64.b64encode(data).decode()})
 
+    def reset(self) -> None:
+        """Nothing to do: the session runs no main.py, so there is no loop to stop."""
+
     def put_tree(self, root: Path, names: list[str]) -> None:
         for n in names:
             p = root / n

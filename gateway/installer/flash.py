@@ -31,7 +31,7 @@ from typing import Callable
 
 from gateway.installer import InstallerError
 from gateway.installer.build import Bundle
-from gateway.installer.transport import MpremoteTransport, PortError, Transport, check_port
+from gateway.installer.transport import MpremoteTransport, Transport, check_port, wait_for_repl
 
 ESPTOOL = [sys.executable, "-m", "esptool"]
 CHIP = "esp32"
@@ -210,17 +210,6 @@ def run_esptool(step: Step, port: str, timeout: float = 600.0) -> str:
     if proc.returncode != 0:
         raise classify_esptool(port, proc.stdout + proc.stderr)
     return proc.stdout
-
-
-def wait_for_repl(t: Transport, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            t.exec("pass", timeout=max(2.0, min(10.0, deadline - time.monotonic())))
-            return
-        except PortError:
-            if time.monotonic() >= deadline:
-                raise
 
 
 def verify(t: Transport, b: Bundle, keep_config: bool = False) -> list[str]:

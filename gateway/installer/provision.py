@@ -24,6 +24,27 @@ SETTINGS_PATH = "/provision.json"
 RUN = "from device import provision\nprovision.run_file({bus})\n"
 CONFIGURE = "from device import provision\nprovision.configure_file({bus})\n"
 MQTT_KEYS = {"host", "port", "user", "password", "ssl", "ca_file"}
+# The device loop arms the ESP32's watchdog, which nothing stops: main.py is
+# parked and the board reset, so provisioning runs on a quiet REPL; it comes back
+# afterwards, whatever happened.
+PARK = """import os
+try:
+    os.stat("main.py")
+    try:
+        os.remove("main.py.parked")
+    except OSError:
+        pass
+    os.rename("main.py", "main.py.parked")
+    print("parked")
+except OSError:
+    print("no main.py")
+"""
+UNPARK = """import os
+try:
+    os.rename("main.py.parked", "main.py")
+except OSError:
+    pass
+"""
 
 # Device-side exception names -> (reason, what the installer should do).
 _DEVICE_ERRORS = {
@@ -69,14 +90,21 @@ def settings_for(grid: str, *, wifi_ssid: str | None = None, wifi_password: str 
 
 
 def run_on_device(t: Transport, settings: dict[str, Any], bus: str = "None", code: str = RUN) -> dict[str, Any]:
-    """Put the settings, run the device module, parse its JSON line."""
-    t.put(SETTINGS_PATH, json.dumps(settings).encode())
+    """Park main.py, put the settings, run the device module, parse its JSON line."""
+    parked = "parked" in t.exec(PARK)
     try:
+        if parked:
+            t.reset()
+        t.put(SETTINGS_PATH, json.dumps(settings).encode())
         out = t.exec(code.format(bus=bus), timeout=120.0)
     except DeviceError as e:
         name = e.traceback.strip().splitlines()[-1].split(":")[0].strip() if e.traceback.strip() else ""
         reason, hint = _DEVICE_ERRORS.get(name.rsplit(".", 1)[-1], ("device_error", "the device raised an error"))
         raise ProvisionError(f"{hint} ({e})", reason) from None
+    finally:
+        if parked:
+            t.exec(UNPARK)
+            t.reset()
     for line in reversed(out.strip().splitlines()):
         if line.startswith("{"):
             return dict(json.loads(line))

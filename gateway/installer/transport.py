@@ -14,6 +14,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 from typing import Protocol
 
@@ -41,6 +42,21 @@ class Transport(Protocol):
     def put_tree(self, root: Path, names: list[str]) -> None:
         """Copy ``names`` (files or folders) of ``root`` to the device's ``/``."""
         ...
+    def reset(self) -> None:
+        """Hard reset; returns once the REPL answers again."""
+        ...
+
+
+def wait_for_repl(t: Transport, timeout: float) -> None:
+    """Poll with a no-op until the board's REPL answers (a board boots in 1-3 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            t.exec("pass", timeout=max(2.0, min(10.0, deadline - time.monotonic())))
+            return
+        except PortError:
+            if time.monotonic() >= deadline:
+                raise
 
 
 def check_port(port: str) -> None:
@@ -125,6 +141,10 @@ class MpremoteTransport:
 
     def put_tree(self, root: Path, names: list[str]) -> None:
         self.run(*self.tree_args(root, names), timeout=max(self.timeout, 300.0), cwd=root)
+
+    def reset(self) -> None:
+        self.run("reset")
+        wait_for_repl(self, self.timeout)
 
     def get(self, path: str) -> bytes:
         with tempfile.TemporaryDirectory() as d:

@@ -40,11 +40,16 @@ def test_flash_provision_configure_update_on_a_board_through_mpremote(bundle: bu
         assert board.resets >= 1
         # Provision: device.app opens I2C 0 from the config, as on the ESP32.
         monkeypatch.setenv("METANOIA_WIFI_PASSWORD", "correct-horse-1")
+        resets = board.resets
         assert metanoia(["device", "provision", "--port", board.port, "--gateway", GW, "--grid", "oak-court",
                          "--name", "101-A", "--wifi-ssid", "flat-101", "--out", str(tmp_path / "records"),
                          "--json"]) == 0
         summary = json.loads(capsys.readouterr().out.splitlines()[-1])
         record = Path(summary["record"])
+        # main.py (the device loop and its watchdog) was parked across a reset, and is back.
+        assert board.resets == resets + 2
+        listing = board.session.exec("import os\nprint(sorted(os.listdir('/')))")
+        assert "'main.py'" in listing and "parked" not in listing
         assert summary["configured"] and summary["fresh_key"] and summary["firmware_version"] == bundle.version
         db = tmp_path / "gw.db"
         assert metanoia(["gateway", "devices", "add", str(record), "--db", str(db)]) == 0
