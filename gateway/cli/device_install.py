@@ -63,7 +63,8 @@ def register(dsub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     c.set_defaults(func=guarded(run_configure))
 
     lab = dsub.add_parser("label", help="printable QR labels (PNG or PDF, 3 x 8 per A4 sheet)")
-    lab.add_argument("--record", required=True, action="append", type=Path, help="provisioning record (repeatable)")
+    lab.add_argument("--record", required=True, action="append", type=Path,
+                     help="provisioning record, or a folder of them (repeatable)")
     lab.add_argument("--gateway", required=True, help="the gateway's URL (the QR opens GATEWAY/pair?d=..&c=..)")
     lab.add_argument("--out", required=True, type=Path, help="labels.pdf or labels.png")
     lab.add_argument("--skip", type=int, default=0, help="label positions already used on the first sheet")
@@ -174,12 +175,13 @@ def run_label(args: argparse.Namespace) -> int:
     from gateway.installer import label
     from gateway.installer.site import check_gateway_url
 
-    labels = [label.load_label(r, args.gateway) for r in args.record]
+    paths = [p for r in args.record for p in (sorted(r.glob("*.json")) if r.is_dir() else [r])]
+    labels = [label.load_label(p, args.gateway) for p in paths]
     ids = [lab.device_id for lab in labels]
     if len(set(ids)) != len(ids):
         print("error [duplicate_record]: the same device is given twice", file=sys.stderr)
         return 2
     pages = label.render(labels, check_gateway_url(args.gateway), skip=args.skip)
-    paths = label.write(pages, args.out)
-    print(f"{len(labels)} label(s) on {len(pages)} sheet(s): {', '.join(map(str, paths))}")
+    written = label.write(pages, args.out)
+    print(f"{len(labels)} label(s) on {len(pages)} sheet(s): {', '.join(map(str, written))}")
     return 0

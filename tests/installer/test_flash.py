@@ -58,6 +58,13 @@ def test_dry_run_prints_the_exact_commands_and_touches_nothing(bundle: build.Bun
     assert not Path("/dev/ttyUSB9").exists()
 
 
+def test_erase_comes_first_and_only_when_asked(tmp_path: Path):
+    fw = image(tmp_path)
+    steps = flash.plan(flash.Options(port="/dev/ttyUSB0", firmware=fw, erase=True))
+    assert [s.argv[-1] for s in steps if s.argv][:2] == ["erase-flash", str(fw)]
+    assert not any("erase-flash" in s.argv for s in flash.plan(flash.Options(port="/dev/ttyUSB0", firmware=fw)))
+
+
 def test_keep_config_leaves_the_provisioned_settings(bundle: build.Bundle):
     steps = flash.plan(flash.Options(port="/dev/ttyUSB0", bundle=bundle, keep_config=True))
     assert not any("config.json" in a for s in steps if s.cwd for a in s.argv)

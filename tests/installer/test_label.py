@@ -83,6 +83,17 @@ def test_more_labels_than_a_sheet_go_on_further_sheets_and_into_one_pdf(tmp_path
     assert qr.width / modules / label.MM >= 0.5
 
 
+def test_a_folder_of_records_gives_one_label_each_and_duplicates_are_refused(tmp_path: Path, capsys):
+    (tmp_path / "records").mkdir()
+    recs = records(tmp_path / "records", 3)
+    out = tmp_path / "l.png"
+    assert metanoia(["device", "label", "--record", str(tmp_path / "records"), "--gateway", GW, "--out", str(out)]) == 0
+    assert len(decoded(out)) == 3
+    assert metanoia(["device", "label", "--record", str(tmp_path / "records"), "--record", str(recs[0]),
+                     "--gateway", GW, "--out", str(out)]) == 2
+    assert "error [duplicate_record]" in capsys.readouterr().err
+
+
 def test_the_skipped_positions_stay_blank(tmp_path: Path):
     labels = [label.load_label(r, GW) for r in records(tmp_path, 1)]
     page = label.render(labels, GW, skip=5)[0]
