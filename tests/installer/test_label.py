@@ -75,6 +75,10 @@ def test_more_labels_than_a_sheet_go_on_further_sheets_and_into_one_pdf(tmp_path
     pdf = label.write(pages, tmp_path / "labels.pdf")[0]
     data = pdf.read_bytes()
     assert data.startswith(b"%PDF") and b"/Count 2" in data  # one PDF, two sheets
+    import re
+
+    box = [float(v) for v in re.search(rb"/MediaBox \[ ([\d. ]+) \]", data).group(1).split()]
+    assert abs(box[2] / 72 * 25.4 - 210) < 1 and abs(box[3] / 72 * 25.4 - 297) < 1  # A4 in points
     # Each QR is big enough to scan from a label: modules of at least 0.5 mm.
     qr = label.qr_image(labels[0].url, round((label.A4_3X8.label_h_mm - 2 * label.A4_3X8.pad_mm) * label.MM))
     import segno
