@@ -147,7 +147,7 @@ def check_tx(p: dict[str, Any], tx_hash: bytes, header: Header) -> dict[str, Any
     except DecodeError as exc:
         raise AnchorError(BAD_TX, str(exc)) from None
     return {"hash": _hex(tx_hash), "type": TYPE_NAMES.get(tx.type, str(tx.type)), "sender": _hex(tx.sender),
-            "nonce": tx.nonce, "index": p.get("index"), "proofLength": len(proof)}
+            "nonce": tx.nonce, "index": p.get("index"), "proof_length": len(proof)}
 
 
 async def verify_checkpoint(side: JsonRpcClient, registry: Registry, height: int | None,
@@ -176,8 +176,8 @@ async def verify_checkpoint(side: JsonRpcClient, registry: Registry, height: int
             latest = await registry.latest()
             raise AnchorError(NO_CHECKPOINT, f"no anchored checkpoint at or above {height} "
                                              f"(latest anchored height {latest.height})")
-        v.checkpoint = {"height": anchored.height, "blockHash": _hex(anchored.block_hash),
-                        "stateRoot": _hex(anchored.state_root), "registry": _hex(registry.address)}
+        v.checkpoint = {"height": anchored.height, "block_hash": _hex(anchored.block_hash),
+                        "state_root": _hex(anchored.state_root), "registry": _hex(registry.address)}
         headers = await fetch_headers(side, height, anchored.height)
         check_header_chain(headers, height, anchored)
         v.headers_checked = len(headers)

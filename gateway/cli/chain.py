@@ -188,9 +188,9 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
             for h in heights:
                 cp = await reg.at(h)
                 if cp is not None:
-                    rows.append({"height": h, "blockHash": "0x" + cp.block_hash.hex(),
-                                 "stateRoot": "0x" + cp.state_root.hex()})
-            out: dict[str, Any] = {"registry": args.registry, "genesisHash": "0x" + (await reg.genesis_hash()).hex(),
+                    rows.append({"height": h, "block_hash": "0x" + cp.block_hash.hex(),
+                                 "state_root": "0x" + cp.state_root.hex()})
+            out: dict[str, Any] = {"registry": args.registry, "genesis_hash": "0x" + (await reg.genesis_hash()).hex(),
                                    "authorities": len(await reg.authorities()), "latest": latest.height,
                                    "checkpoints": rows}
         finally:
@@ -198,20 +198,20 @@ def cmd_checkpoints(args: argparse.Namespace) -> int:
         if args.rpc:
             async with JsonRpcClient(args.rpc) as side:
                 final = int(await side.call("chain_finalizedNumber"))
-            out["sideFinal"] = final
-            out["unanchoredBlocks"] = max(0, final - latest.height)
+            out["side_final"] = final
+            out["unanchored_blocks"] = max(0, final - latest.height)
         return out
     try:
         out = asyncio.run(main())
     except (AnchorError, ChainClientError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
-    print(f"registry {out['registry']}: side chain {out['genesisHash']}, {out['authorities']} authorities, "
+    print(f"registry {out['registry']}: side chain {out['genesis_hash']}, {out['authorities']} authorities, "
           f"latest checkpoint at height {out['latest']}")
     for r in out["checkpoints"]:
-        print(f"  {r['height']:>10}  {r['blockHash']}")
-    if "sideFinal" in out:
-        print(f"side chain final height {out['sideFinal']}: {out['unanchoredBlocks']} blocks not yet anchored")
+        print(f"  {r['height']:>10}  {r['block_hash']}")
+    if "side_final" in out:
+        print(f"side chain final height {out['side_final']}: {out['unanchored_blocks']} blocks not yet anchored")
     if args.json:
         print(json.dumps(out))
     return 0
@@ -255,11 +255,11 @@ def cmd_verify(args: argparse.Namespace) -> int:
         cp = out["checkpoint"]
         assert isinstance(cp, dict)
         print(f"block {out['block']} ({out['block_hash']}) is covered by the checkpoint at height {cp['height']} "
-              f"({cp['blockHash']}), {out['headers_checked']} headers checked")
+              f"({cp['block_hash']}), {out['headers_checked']} headers checked")
         t = out.get("tx")
         if isinstance(t, dict):
             print(f"tx {t['hash']} ({t['type']} from {t['sender']}) is in block {out['block']}: Merkle proof of "
-                  f"{t['proofLength']} steps checks against its txRoot")
+                  f"{t['proof_length']} steps checks against its txRoot")
     else:
         print(f"NOT VERIFIED: {out['reason']}: {out.get('detail', '')}")
     if args.json:

@@ -191,9 +191,9 @@ def test_checkpoints_lists_what_is_anchored(rig: AnchorRig, capsys: pytest.Captu
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     events = [e for e in rig.events() if e["height"] <= out["checkpoints"][-1]["height"]]   # the relayer goes on
     assert [c["height"] for c in out["checkpoints"]] == [e["height"] for e in events][-3:]
-    assert [c["blockHash"] for c in out["checkpoints"]] == ["0x" + e["blockHash"].hex() for e in events][-3:]
-    assert out["genesisHash"] == "0x" + rig.genesis.hash.hex() and out["authorities"] == 4
-    assert out["sideFinal"] >= out["latest"] and out["unanchoredBlocks"] == out["sideFinal"] - out["latest"]
+    assert [c["block_hash"] for c in out["checkpoints"]] == ["0x" + e["blockHash"].hex() for e in events][-3:]
+    assert out["genesis_hash"] == "0x" + rig.genesis.hash.hex() and out["authorities"] == 4
+    assert out["side_final"] >= out["latest"] and out["unanchored_blocks"] == out["side_final"] - out["latest"]
     assert cli_main(["chain", "checkpoints", "--main-rpc", "http://127.0.0.1:9/", "--registry",
                      rig.contract.address]) == 1
     assert "main_unavailable" in capsys.readouterr().err
