@@ -69,11 +69,37 @@ def check_signature_shape(sig: bytes) -> None:
 def recover_address(digest: bytes, sig: bytes) -> bytes:
     """The address that signed ``digest`` (raises DecodeError on a bad signature)."""
     check_signature_shape(sig)
+    if _lib is not None and len(digest) == 32:
+        return _recover_direct(digest, sig)
     try:
         pub = PublicKey.from_signature_and_message(sig[:64] + bytes((sig[64] - 27,)), digest, hasher=None)
     except Exception as exc:  # coincurve raises ValueError/Exception on unrecoverable points
         raise DecodeError(BAD_SIGNATURE, f"recovery failed: {exc}") from None
     return address_of_public_key(pub)
+
+
+try:  # libsecp256k1 through coincurve's own cffi binding: the same three calls as
+    # PublicKey.from_signature_and_message + format(), without building Python objects in between
+    # (about 2.7 us of 32 per recovery; every validator recovers two signatures per fill)
+    from coincurve._libsecp256k1 import ffi as _ffi, lib as _lib  # type: ignore[import-not-found]
+    from coincurve.context import GLOBAL_CONTEXT as _CTX
+
+    _UNCOMPRESSED = _lib.SECP256K1_EC_UNCOMPRESSED
+except ImportError:  # pragma: no cover - a coincurve without the binding module: the public API above
+    _lib = None
+
+
+def _recover_direct(digest: bytes, sig: bytes) -> bytes:
+    ctx = _CTX.ctx
+    rsig = _ffi.new("secp256k1_ecdsa_recoverable_signature *")
+    pub = _ffi.new("secp256k1_pubkey *")
+    out = _ffi.new("unsigned char[65]")
+    if not _lib.secp256k1_ecdsa_recoverable_signature_parse_compact(ctx, rsig, sig[:64], sig[64] - 27):
+        raise DecodeError(BAD_SIGNATURE, "recovery failed: invalid signature")
+    if not _lib.secp256k1_ecdsa_recover(ctx, pub, rsig, digest):
+        raise DecodeError(BAD_SIGNATURE, "recovery failed: no public key for this signature")
+    _lib.secp256k1_ec_pubkey_serialize(ctx, out, _ffi.new("size_t *", 65), pub, _UNCOMPRESSED)
+    return keccak256(_ffi.buffer(out, 65)[1:])[12:]
 
 
 def parse_address(text: str) -> bytes:

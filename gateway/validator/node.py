@@ -70,6 +70,7 @@ TX_GOSSIP_CHUNK = 4096
 INTAKE_LOG_COMPACT_BYTES = 32 * 1024 * 1024   # rewrite the intake log (pending txs only) beyond this
 FAULT_ENV = "METANOIA_VALIDATOR_FAULT"   # tests only: "precommit@H" / "commit@H" exits with FAULT_EXIT there
 FAULT_EXIT = 77
+NONCE_CACHE_MAX = 200_000
 RELAY_BACKLOG = 100_000                      # txs from peers in checking before their connections wait
 
 
@@ -184,6 +185,7 @@ class Node:
         self.fault = _parse_fault(os.environ.get(FAULT_ENV))
         self.committing: deque[Candidate] = deque()        # decided, being written (store.stage), in order
         self.tip = Tip(self.store, self.committing)
+        self.nonces: dict[bytes, int] = {}                 # account nonces at the tip (see _nonce_of)
         self.deferred_propose: Propose | None = None
         self._compacting = False
         self.signer = Signer(cfg.key, g.chain_id, self.vote_log)
@@ -258,7 +260,14 @@ class Node:
         self.timing[what] = self.timing.get(what, 0.0) + time.perf_counter() - t0
 
     def _nonce_of(self, addr: bytes) -> int:
-        return get_account(self.tip, addr).nonce
+        """The account nonce at the tip, cached until the tip moves (``_commit``): intake asks it twice
+        per tx and block selection once per sender, always about the same few thousand accounts."""
+        n = self.nonces.get(addr)
+        if n is None:
+            if len(self.nonces) >= NONCE_CACHE_MAX:   # unchecked txs can name any sender: stay bounded
+                self.nonces.clear()
+            n = self.nonces[addr] = get_account(self.tip, addr).nonce
+        return n
 
     # ---- consensus actions -------------------------------------------------------------------
 
@@ -410,12 +419,14 @@ class Node:
         cert_row = ("INSERT OR REPLACE INTO chain_certs (height, hash, cert) VALUES (?, ?, ?)",
                     (h.height, h.hash, cert.encode()))
         self.committing.append(cand)
+        self.nonces.clear()
         if self.fault == ("commit", h.height):
             self.store.fault = _exit_in_commit
         try:
             fut = self.store.stage(cand.block, cand.result, [cert_row])
         except BaseException:
             self.committing.pop()
+            self.nonces.clear()
             raise
         started = time.perf_counter()
         asyncio.wrap_future(fut).add_done_callback(lambda f: self._committed(cand, f, started))
