@@ -121,7 +121,8 @@ def cmd_deploy_registry(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print(f"CheckpointRegistry {to_checksum(dep.address)} on chain {dep.chain_id} (block {dep.block}) for side chain "
-          f"0x{dep.genesis_hash.hex()}, {len(dep.authorities)} authorities (threshold {threshold(len(dep.authorities))})")
+          f"0x{dep.genesis_hash.hex()}, {len(dep.authorities)} authorities "
+          f"(threshold {threshold(len(dep.authorities))})")
     if args.json:
         print(json.dumps({"registry": to_checksum(dep.address), "chain_id": dep.chain_id, "block": dep.block,
                           "tx": "0x" + dep.tx_hash.hex(), "genesis_hash": "0x" + dep.genesis_hash.hex(),

@@ -109,7 +109,8 @@ class AnchorRig:
             finally:
                 await evm.aclose()
         self.registry = asyncio.run(deploy())
-        self.contract = self.w3.eth.contract(address=Web3.to_checksum_address(cs(self.registry)), abi=art["CheckpointRegistry"]["abi"])
+        self.contract = self.w3.eth.contract(address=Web3.to_checksum_address(cs(self.registry)),
+                                             abi=art["CheckpointRegistry"]["abi"])
         asyncio.run(self._wait_up())
         return self
 
@@ -172,7 +173,8 @@ class AnchorRig:
             return []
         c = sqlite3.connect(f"file:{self.journal}?mode=ro", uri=True, timeout=5)
         try:
-            return c.execute("SELECT height, state, nonce, tx_hash, side FROM anchor_journal ORDER BY height").fetchall()
+            return c.execute("SELECT height, state, nonce, tx_hash, side FROM anchor_journal "
+                             "ORDER BY height").fetchall()
         except sqlite3.OperationalError:   # no table yet
             return []
         finally:

@@ -54,10 +54,9 @@ def test_sign_checkpoint_refusals_are_specific_and_counted(rig: AnchorRig) -> No
             with pytest.raises(InvalidParams):
                 await rig.call(2, "chain_signCheckpoint", *bad)
         after = (await rig.call(2, "chain_status"))["counters"]
-        assert after.get("checkpoint_refused_block_not_final", 0) == before.get("checkpoint_refused_block_not_final", 0) + 1
-        assert after.get("checkpoint_refused_genesis_not_anchored", 0) == \
-            before.get("checkpoint_refused_genesis_not_anchored", 0) + 1
-        assert after.get("rpc_error_-32602", 0) == before.get("rpc_error_-32602", 0) + 6
+        for what, n in (("checkpoint_refused_block_not_final", 1), ("checkpoint_refused_genesis_not_anchored", 1),
+                        ("rpc_error_-32602", 6)):
+            assert after.get(what, 0) == before.get(what, 0) + n, what
     asyncio.run(go())
 
 

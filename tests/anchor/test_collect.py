@@ -33,7 +33,8 @@ def _forged_block(p: list[Any], r: dict[str, Any]) -> dict[str, Any]:
     """Authority 0 turned byzantine: a valid signature over a block that is not the chain's."""
     cp = Checkpoint(bytes.fromhex(r["genesisHash"][2:]), r["height"], keccak256(b"forged"),
                     bytes.fromhex(r["stateRoot"][2:]))
-    return {**r, "blockHash": "0x" + cp.block_hash.hex(), "signature": "0x" + sign_checkpoint(cp, DOMAIN, AUTH_KEYS[0]).hex()}
+    return {**r, "blockHash": "0x" + cp.block_hash.hex(),
+            "signature": "0x" + sign_checkpoint(cp, DOMAIN, AUTH_KEYS[0]).hex()}
 
 
 def _replayed(p: list[Any], r: dict[str, Any]) -> dict[str, Any]:
