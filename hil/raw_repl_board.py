@@ -26,10 +26,11 @@ from hil.mp_session import NodeSession
 BOARD_LIB = HIL / "emulated_board"
 BANNER = b"MicroPython v1.27.0 on emulated board; ESP32 module with ESP32\r\nType \"help()\" for more information.\r\n>>> "
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
-# A soft reboot forgets Python state; the hardware (machine, the chip emulator) stays.
+# A soft reboot forgets Python state; the hardware (machine, esp32 and the models
+# behind them: chip, meter, flash) stays.
 REBOOT = """import sys
 for _m in list(sys.modules):
-    if _m not in ("machine", "atecc608_emulator", "micropython"):
+    if _m not in ("machine", "esp32", "atecc608_emulator", "modbus_slave_uart", "nor_flash", "micropython"):
         del sys.modules[_m]
 for _k in [k for k in globals() if k[:2] != "__"]:
     del globals()[_k]

@@ -1,4 +1,9 @@
-"""``esp32`` of the emulated board: no raw flash partitions (the device loop does not run here)."""
+"""``esp32`` of the emulated board: the ``readings`` data partition is a NOR flash
+model (hil/nor_flash.py), kept across soft reboots like the real flash."""
+
+from nor_flash import NorFlash
+
+_parts = {}
 
 
 class Partition:
@@ -6,4 +11,8 @@ class Partition:
 
     @staticmethod
     def find(type_, label=None):
-        return []
+        if label != "readings":
+            return []
+        if label not in _parts:
+            _parts[label] = NorFlash(32)
+        return [_parts[label]]

@@ -63,18 +63,27 @@ def test_flash_provision_configure_update_on_a_board_through_mpremote(bundle: bu
         assert f"broker 192.168.10.2 as {summary['device_id']} (TLS), grid oak-court" in capsys.readouterr().out
         conf = json.loads(board.session.get("/config.json"))
         assert conf["mqtt"] == json.loads(cred.read_text())["mqtt"] and conf["wifi"]["ssid"] == "flat-101"
-        # An update keeps the provisioned config; the chip keeps its key and signs.
+        # An update keeps the provisioned config.
         assert metanoia(["device", "flash", "--port", board.port, "--bundle", str(bundle.root), "--keep-config"]) == 0
         assert json.loads(board.session.get("/config.json")) == conf
-        sig = board.session.exec(
-            "import binascii, machine\nfrom secure_sign.atecc608 import ATECC608, ATECC608Signer\n"
-            "from telemetry.cose import ReadingEncoder\n"
-            "s = ATECC608Signer(ATECC608(machine.I2C(0), 0x60), 0)\n"
-            "print(binascii.hexlify(ReadingEncoder(s).encode(1, 1780000000, 5, 6, 7, 8, 0)).decode())").strip()
+        # What main.py does at boot, from the bundle's own modules: device.app wires the
+        # chip (I2C 0), the meter (Modbus RTU on UART 2), the flash partition and MQTT over
+        # TLS from /config.json; one cycle reads the meter, signs in the chip, commits.
+        out = board.session.exec(
+            "import binascii\nfrom device import app, config\n"
+            "dev = app.build(config.load('/config.json'), clock=lambda: 1780000000)\n"
+            "seq = dev.sample()\n"
+            "print(binascii.hexlify([p for s, p in dev.ring.pending(4, 1 << 20) if s == seq][0]).decode())\n"
+            "print(dev.counters['meter_errors'], dev.mqtt.server)")
+        sig, status = out.strip().splitlines()
+        assert status == "0 192.168.10.2"
     stored = DeviceRegistry(connect(db)).get(summary["device_id"])
     assert stored is not None
     (sign1,) = decode_message(bytes.fromhex(sig))
-    assert verify(sign1, stored.public_key_pem()).import_wh == 5
+    reading = verify(sign1, stored.public_key_pem())
+    # The emulated SDM630's registers: 1,000 kWh imported, 12.5 kWh exported, 830 W.
+    assert (reading.import_wh, reading.export_wh, reading.power_w, reading.time) == (1000000, 12500, 830, 1780000000)
+    assert not reading.software_key  # signed in the secure element
 
 
 def test_a_bad_copy_is_caught_by_the_read_back(bundle: build.Bundle, capsys):
