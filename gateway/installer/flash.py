@@ -182,13 +182,13 @@ def plan(o: Options) -> list[Step]:
 
 def classify_esptool(port: str, text: str) -> FlashError:
     """esptool's failure texts -> what the installer should do."""
-    if "Permission denied" in text or "Errno 13" in text:
-        return FlashError(f"permission denied on {port}: add yourself to the dialout group "
-                          "(sudo usermod -aG dialout $USER) and log in again", "port_permission")
-    if "Errno 16" in text or "Resource busy" in text:
-        return FlashError(f"{port} is in use by another program (a serial console, mpremote repl?): close it",
-                          "port_busy")
-    if "No such file or directory" in text or "Could not open" in text:
+    if "Could not open" in text or "could not open port" in text:
+        if "Errno 13" in text or "Permission denied" in text:
+            return FlashError(f"permission denied on {port}: add yourself to the dialout group "
+                              "(sudo usermod -aG dialout $USER) and log in again", "port_permission")
+        if "Errno 16" in text or "Resource busy" in text:
+            return FlashError(f"{port} is in use by another program (a serial console, mpremote repl?): "
+                              "close it", "port_busy")
         return FlashError(f"no serial port {port}: is the board plugged in? "
                           "Look with: ls /dev/serial/by-id/ /dev/ttyUSB*", "no_port")
     if "Wrong chip argument" in text or "Wrong --chip" in text:

@@ -147,14 +147,30 @@ def test_real_esptool_on_another_chip_says_wrong_chip(tmp_path: Path):
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run the tool as another user")
-def test_real_esptool_without_permission_on_the_port_says_dialout(tmp_path: Path, silent_port: str):
+def test_real_esptool_without_permission_on_the_port_says_dialout(tmp_path: Path, silent_port: str, monkeypatch):
+    import subprocess
+
+    import shutil
+    import tempfile
+
     os.chmod(silent_port, 0o600)  # root's; the tool runs as nobody
-    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "env", "HOME=/tmp", sys.executable,
-              "-m", "esptool"]
-    o = flash.Options(port=silent_port, firmware=image(tmp_path), connect_attempts=1, esptool=nobody)
-    with pytest.raises(flash.FlashError) as e:
-        flash.run_esptool(flash.plan(o)[0], o.port)
-    assert e.value.reason == "port_permission" and "dialout" in str(e.value)
+    home = Path(tempfile.mkdtemp(prefix="metanoia-nobody-"))  # esptool reads its config from cwd and ~
+    os.chmod(home, 0o777)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.chdir(home)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", sys.executable]
+    probe = subprocess.run([*nobody, "-c", "import esptool"], capture_output=True)
+    shutil.rmtree(home, ignore_errors=True) if probe.returncode else None
+    if probe.returncode != 0:  # else a "Permission denied" on the venv would pass for the port's
+        pytest.skip(f"user nobody cannot run this venv's Python here: {probe.stderr.decode()[-200:]}")
+    o = flash.Options(port=silent_port, firmware=image(home), connect_attempts=1, esptool=[*nobody, "-m", "esptool"])
+    try:
+        with pytest.raises(flash.FlashError) as e:
+            flash.run_esptool(flash.plan(o)[0], o.port)
+    finally:
+        shutil.rmtree(home, ignore_errors=True)
+    assert e.value.reason == "port_permission" and f"permission denied on {silent_port}" in str(e.value)
+    assert "dialout" in str(e.value)
 
 
 def test_real_mpremote_on_a_board_without_a_repl_times_out_with_advice(bundle: build.Bundle, silent_port: str):
