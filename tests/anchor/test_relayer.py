@@ -17,7 +17,7 @@ import pytest
 
 from gateway.anchor.deploy import deploy_registry
 from gateway.anchor.evm import EvmRpc
-from gateway.anchor.journal import ANCHORED
+from gateway.anchor.journal import ANCHORED, Journal
 from gateway.anchor.relayer import Relayer, RelayerConfig
 from gateway.cli import main as cli_main
 from gateway.validator.crypto import address_of
@@ -233,7 +233,44 @@ def test_registry_of_another_chain_gets_no_signatures(rig: AnchorRig, tmp_path: 
             return r.counters, (await r.registry.latest()).height
         finally:
             await r.aclose()
-    sent = rig.relayer_tx_count()
     counters, latest = asyncio.run(go())
     assert counters == {"signature_refused_wrong_chain": 8, "error_insufficient_signatures": 2} and latest == 0
-    assert rig.relayer_tx_count() == sent
+    j = Journal(tmp_path / "j.db")       # nothing was signed for the main chain
+    try:
+        assert j.conn.execute("SELECT COUNT(*) FROM anchor_journal").fetchone()[0] == 0
+    finally:
+        j.close()
+
+
+def test_submission_reorged_out_is_mined_again_with_the_same_bytes(rig: AnchorRig) -> None:
+    """With confirmations, a receipt that a main-chain reorg takes away (anvil_reorg) is not counted: the
+    journalled bytes are sent again and the height is anchored once, by the same tx."""
+    rig.stop_relayer(graceful=True)
+    cfg = RelayerConfig(side_urls=tuple(rig.urls), main_url=rig.anvil.url, registry=rig.registry, every=1,
+                        key=RELAYER_KEY.secret, journal=rig.journal, confirmations=6, resend_every=0.3)
+
+    async def go() -> tuple[str, bytes, int]:
+        r = Relayer(cfg)
+        try:
+            task = asyncio.create_task(r.step())
+            while True:      # wait for our submission to be mined, then reorg it out
+                assert not task.done(), task.result()
+                rows = [x for x in rig.journal_rows() if x[1] == "signed"]
+                rcpt = await r.evm.receipt(bytes(rows[0][3])) if rows else None
+                if rcpt is not None:
+                    break
+                await asyncio.sleep(0.05)
+            head = await r.evm.block_number()
+            rig.anvil.rpc("anvil_reorg", [head - rcpt.block_number + 1, []])
+            assert await r.evm.receipt(rcpt.tx_hash) is None
+            return await asyncio.wait_for(task, 30), rcpt.tx_hash, rcpt.block_number
+        finally:
+            await r.aclose()
+    try:
+        what, tx_hash, first_block = asyncio.run(go())
+        height = int(what.split(":")[1])
+        (ev,) = [e for e in rig.events() if e["height"] == height]
+        assert bytes(ev["tx"]) == tx_hash
+        _no_double_anchoring(rig)
+    finally:
+        rig.start_relayer()
