@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gateway import db as gdb
 from gateway.market.trades import _COLS as TRADE_COLS, Trade, _trade   # the table's own columns and decoding
+from gateway.market.settlement import PART_ELSEWHERE, PART_RECLAIMED
 
 from .sources import NOIA_UNITS, tables
 
@@ -129,8 +130,10 @@ def fill_views(conn: sqlite3.Connection, outboxes: tuple[Path, ...], grid: str, 
             sstate, dwh, pay, ref, stx, sh = "unsettled", None, None, None, None, None
         else:
             part, dwh, pay, ref, sstate, stx, sh = s
-            if part == -1:
+            if part == PART_ELSEWHERE:
                 sstate = "elsewhere"
+            elif part == PART_RECLAIMED:  # the taker took the whole escrow back after the settle timeout
+                sstate = "reclaimed"
         out.append(FillView("0x" + t.fill_id.hex(), t.interval_start, side, t.wh, t.noia,
                             won_per_kwh(t.noia, t.wh, won_per_noia), t.origin if side == "buy" else t.maker_origin,
                             t.mechanism, t.state, t.reason, h, height if height is not None else t.height,
