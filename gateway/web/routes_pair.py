@@ -23,6 +23,7 @@ from starlette.routing import Route
 from gateway.db import transaction
 from gateway.devices import (BadRecordError, ClaimError, DeviceRecord, DeviceRegistryError, claim_hash_of,
                              parse_device_id)
+from gateway.installer.claim import canonical_claim_code
 from gateway.web.accounts import AccountError
 from gateway.web.app import Refused, Visit, Web, web_of
 
@@ -36,12 +37,14 @@ def pair_path(device_hex: str, claim: str) -> str:
 
 
 def _link(d: object, c: object) -> tuple[bytes, str]:
-    """The device id and claim code of a pairing link, or 400."""
+    """The device id and claim code of a pairing link (or of the typed form: the
+    id may carry the label's spaces, the code any case and Crockford's look-alike
+    letters), or 400."""
     try:
-        device_id = parse_device_id(str(d or ""))
+        device_id = parse_device_id("".join(str(d or "").split()))
     except BadRecordError:
         raise Refused(400, "bad_pair_link", "This is not a Metanoia meter link (the device id is wrong).") from None
-    claim = str(c or "")
+    claim = canonical_claim_code(str(c or "").strip())
     if not 0 < len(claim) <= MAX_CLAIM or not claim.isprintable():
         raise Refused(400, "bad_pair_link", "This is not a Metanoia meter link (the claim code is missing).")
     return device_id, claim
@@ -73,6 +76,9 @@ async def pair(request: Request) -> Response:
         raise Refused(403, "wrong_role", "Operators do not pair meters; sign in as the homeowner.")
     if request.method == "POST":
         return await _confirm(web, request, v)
+    if "d" not in request.query_params and "c" not in request.query_params:
+        # No QR at hand (a damaged label, a laptop): type what the label says.
+        return web.render(request, v, "pair_enter.html")
     device_id, claim = _link(request.query_params.get("d"), request.query_params.get("c"))
     here = pair_path(device_id.hex(), claim)
     if v.account is None:

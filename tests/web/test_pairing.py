@@ -47,9 +47,32 @@ def test_wrong_claim_code_is_refused_and_counted(tmp_path) -> None:
 def test_bad_links_get_a_specific_error(tmp_path) -> None:
     web = make_web(tmp_path)
     c = client(web)
-    for q in ("", "?d=zz&c=abcdefgh", "?d=00112233445566778899&c=abcdefgh", "?d=001122334455667788"):
+    for q in ("?d=zz&c=abcdefgh", "?c=abcdefgh", "?d=00112233445566778899&c=abcdefgh", "?d=001122334455667788"):
         r = c.get("/pair" + q)
         assert r.status_code == 400 and 'data-reason="bad_pair_link"' in r.text
+
+
+def test_typed_label_text_pairs_like_the_qr_link(tmp_path) -> None:
+    """No QR at hand: /pair offers a form; the id may keep the label's spaces and
+    the code may be typed in lower case with O/I/L for 0/1/1."""
+    from gateway.installer.claim import group_device_id, new_claim_code
+    web = make_web(tmp_path)
+    code = new_claim_code()
+    device, claim = add_device(web, "101-A", claim=code)
+    kim = signup(web, "kim@example.com")
+    form = kim.c.get("/pair")
+    assert form.status_code == 200 and 'name="d"' in form.text and 'name="c"' in form.text
+    typed = code.lower().replace("0", "o").replace("1", "l").replace("-", " ")
+    r = kim.c.get("/pair", params={"d": group_device_id(device), "c": typed})
+    assert r.status_code == 200 and "Add this meter?" in r.text
+    r = kim.c.post("/pair", data={"csrf": csrf_of(r.text), "d": group_device_id(device), "c": typed},
+                   headers={"origin": ORIGIN})
+    assert r.status_code == 200 and 'id="household">101-A<' in r.text
+    assert DeviceRegistry(web.store().conn).get(device).household == "101-A"  # type: ignore[union-attr]
+    # a code that differs in one real symbol is still wrong
+    d2, c2 = add_device(web, "102-B", claim=new_claim_code())
+    wrong = ("Z" if c2[0] != "Z" else "Y") + c2[1:]
+    assert kim.c.get("/pair", params={"d": d2, "c": wrong}).status_code == 403
 
 
 def test_claim_code_is_single_use_and_a_second_meter_joins_the_same_household(tmp_path) -> None:
