@@ -48,6 +48,27 @@ def _no_double_anchoring(rig: AnchorRig) -> list[dict]:
     return ev
 
 
+async def _side_checkpoints(rig: AnchorRig, want: set[int], timeout: float = 20) -> dict[int, bytes]:
+    """The side chain's checkpoint txs (height -> block hash), each height at most once, all from the
+    relayer's authority key; waits until ``want`` are among them (the outbox sends them after the anchor)."""
+    end = time.monotonic() + timeout
+    while True:
+        seen: dict[int, bytes] = {}
+        top = await rig.call(0, "chain_finalizedNumber")
+        for n in range(1, top + 1):
+            for raw in (await rig.call(0, "chain_getBlockByNumber", n, True))["transactions"]:
+                tx = decode_tx(bytes.fromhex(raw[2:]))
+                if tx.type == CHECKPOINT:
+                    assert isinstance(tx.payload, CheckpointTx)
+                    assert tx.sender == address_of(AUTH_KEYS[0])
+                    assert tx.payload.height not in seen
+                    seen[tx.payload.height] = tx.payload.block_hash
+        if want <= set(seen):
+            return seen
+        assert time.monotonic() < end, f"side chain recorded {sorted(seen)}, want {sorted(want)}"
+        await asyncio.sleep(0.3)
+
+
 def test_checkpoints_anchored_while_transactions_flow(rig: AnchorRig) -> None:
     rig.start_relayer()
     first = rig.latest()
@@ -67,23 +88,7 @@ def test_checkpoints_anchored_while_transactions_flow(rig: AnchorRig) -> None:
                 blk = await rig.call(i, "chain_getBlockByNumber", e["height"])
                 assert (blk["hash"], blk["stateRoot"]) == ("0x" + e["blockHash"].hex(), "0x" + e["stateRoot"].hex())
         # ... and is recorded on the side chain by the authority key, as a checkpoint tx (outbox: may lag)
-        want = {e["height"] for e in ev[:2]}
-        end = time.monotonic() + 20
-        while True:
-            seen: dict[int, bytes] = {}
-            top = await rig.call(0, "chain_finalizedNumber")
-            for n in range(1, top + 1):
-                for raw in (await rig.call(0, "chain_getBlockByNumber", n, True))["transactions"]:
-                    tx = decode_tx(bytes.fromhex(raw[2:]))
-                    if tx.type == CHECKPOINT:
-                        assert isinstance(tx.payload, CheckpointTx)
-                        assert tx.sender == address_of(AUTH_KEYS[0])
-                        assert tx.payload.height not in seen
-                        seen[tx.payload.height] = tx.payload.block_hash
-            if want <= set(seen):
-                break
-            assert time.monotonic() < end, f"side chain recorded {sorted(seen)}, want {sorted(want)}"
-            await asyncio.sleep(0.3)
+        seen = await _side_checkpoints(rig, {e["height"] for e in ev[:2]})
         for e in ev:
             if e["height"] in seen:
                 assert seen[e["height"]] == e["blockHash"]
@@ -111,6 +116,9 @@ def test_relayer_killed_mid_submission_never_double_anchors(rig: AnchorRig) -> N
     rig.wait_anchored(h)                 # and it goes on after the recovered one
     ev = _no_double_anchoring(rig)
     assert [e["height"] for e in ev].count(killed_at) == 1
+    # recorded on the side chain once too (the outbox, restarted with the relayer, sends it exactly once)
+    seen = asyncio.run(_side_checkpoints(rig, {killed_at}))
+    assert seen[killed_at] == next(e["blockHash"] for e in ev if e["height"] == killed_at)
 
 
 def test_crash_between_journal_and_send_is_recovered_from_the_journal(rig: AnchorRig) -> None:
