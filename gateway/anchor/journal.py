@@ -15,6 +15,8 @@ NULL (not asked), ``submitted`` (in the chain client's outbox, which sends it ex
 
 from __future__ import annotations
 
+import fcntl
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +26,7 @@ from gateway import db
 from .errors import AnchorError
 
 SIGNED, ANCHORED, REVERTED, SUPERSEDED = "signed", "anchored", "reverted", "superseded"
+JOURNAL_IN_USE = "journal_in_use"
 SIDE_SUBMITTED = "submitted"
 
 SCHEMA = (
@@ -91,12 +94,29 @@ def _ms() -> int:
 
 
 class Journal:
-    def __init__(self, path: str | Path) -> None:
+    """``lock``: hold an exclusive lock on ``PATH.lock`` for the journal's life, so that a second relayer on
+    the same journal refuses to start (``journal_in_use``) instead of racing the first for nonces; the OS
+    drops the lock when the holder dies, kill -9 included."""
+
+    def __init__(self, path: str | Path, *, lock: bool = True) -> None:
+        self._lock: int | None = None
+        if lock:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(f"{path}.lock", os.O_RDWR | os.O_CREAT, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                raise AnchorError(JOURNAL_IN_USE, f"another relayer holds {path}.lock") from None
+            self._lock = fd
         self.conn = db.connect(path)
         db.ensure_schema(self.conn, "anchor_journal", SCHEMA)
 
     def close(self) -> None:
         self.conn.close()
+        if self._lock is not None:
+            os.close(self._lock)     # closing the descriptor releases the lock
+            self._lock = None
 
     def record(self, e: Entry) -> None:
         """Durably record a signed submission. A height journalled before may be tried again only if that

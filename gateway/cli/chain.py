@@ -131,6 +131,7 @@ def cmd_deploy_registry(args: argparse.Namespace) -> int:
 
 
 def cmd_anchor(args: argparse.Namespace) -> int:
+    from gateway.anchor.errors import AnchorError
     from gateway.anchor.relayer import Relayer, RelayerConfig
     from gateway.cli.validator import read_key
 
@@ -148,8 +149,12 @@ def cmd_anchor(args: argparse.Namespace) -> int:
         logging.getLogger("gateway.anchor").setLevel(logging.INFO)
         logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
-    async def main() -> dict[str, int]:
-        relayer = Relayer(cfg)
+    async def main() -> dict[str, int] | None:
+        try:
+            relayer = Relayer(cfg)
+        except AnchorError as exc:      # e.g. journal_in_use: another relayer runs on this journal
+            print(f"error: {exc}", file=sys.stderr)
+            return None
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -161,6 +166,8 @@ def cmd_anchor(args: argparse.Namespace) -> int:
         return relayer.counters
 
     counters = asyncio.run(main())
+    if counters is None:
+        return 2
     if args.json:
         print(json.dumps({"counters": counters}))
     return 0

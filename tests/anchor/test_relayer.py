@@ -221,6 +221,15 @@ def test_anchor_cli_rounds_and_json(rig: AnchorRig, tmp_path: Path, capsys: pyte
     assert "--every" in capsys.readouterr().err
     missing = [str(tmp_path / "missing.key") if a == str(rig.relayer_key) else a for a in args]
     assert cli_main(missing) == 2 and "missing.key" in capsys.readouterr().err
+    # a second relayer on the running relayer's journal refuses to start, and touches nothing
+    if rig.relayer is None:
+        rig.start_relayer()
+    rig.wait_anchored(rig.latest())
+    rows = [(r[0], r[3]) for r in rig.journal_rows()]       # (height, tx hash): the states move on
+    second = [str(rig.journal) if a == str(tmp_path / "j.db") else a for a in args]
+    assert cli_main(second + ["--rounds", "1"]) == 2
+    assert "journal_in_use" in capsys.readouterr().err
+    assert [(r[0], r[3]) for r in rig.journal_rows()][:len(rows)] == rows
 
 
 def test_registry_of_another_chain_gets_no_signatures(rig: AnchorRig, tmp_path: Path) -> None:
