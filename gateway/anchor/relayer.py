@@ -171,7 +171,8 @@ class Relayer:
                 try:
                     await self.evm.send_raw(e.raw_tx)
                 except ChainClientError as exc:   # a refusal other than "already known": keep following
-                    log.warning("checkpoint %d: resend refused: %s", e.height, exc)
+                    self.count("send_refused")       # e.g. the account cannot pay: fund it, the bytes go again
+                    log.warning("checkpoint %d: main chain refused the tx (it stays journalled): %s", e.height, exc)
                 next_send = now + self.cfg.resend_every
             if now >= deadline:
                 return False

@@ -20,11 +20,13 @@ from gateway.anchor.evm import EvmRpc
 from gateway.anchor.journal import ANCHORED, Journal
 from gateway.anchor.relayer import Relayer, RelayerConfig
 from gateway.cli import main as cli_main
-from gateway.validator.crypto import address_of
+from gateway.validator.crypto import address_of, keccak256, private_key
 from gateway.validator.genesis import parse_genesis
 from gateway.validator.tx import CHECKPOINT, decode_tx
 from gateway.validator.tx import Checkpoint as CheckpointTx
 from tests.gateway.validator.netkit import AUTH_KEYS, genesis_doc
+
+from tests.evm.test_contracts import cs
 
 from .rig import BT, DEPLOYER, EVERY, RELAYER_KEY, AnchorRig
 
@@ -291,3 +293,33 @@ def test_submission_reorged_out_is_mined_again_with_the_same_bytes(rig: AnchorRi
         _no_double_anchoring(rig)
     finally:
         rig.start_relayer()
+
+
+def test_unfunded_account_keeps_its_submission_until_it_can_pay(rig: AnchorRig, tmp_path: Path) -> None:
+    """The main chain refuses the tx (no ether for gas): it stays journalled, nothing new is signed, and once
+    the account is funded the same bytes are anchored. On a registry of its own, with a key of its own."""
+    poor = private_key(keccak256(b"anchor-unfunded"))
+
+    async def go() -> None:
+        evm = EvmRpc(rig.anvil.url)
+        try:
+            reg = (await deploy_registry(evm, DEPLOYER.secret, rig.genesis)).address
+        finally:
+            await evm.aclose()
+        r = Relayer(RelayerConfig(side_urls=tuple(rig.urls), main_url=rig.anvil.url, registry=reg, every=1,
+                                  key=poor.secret, journal=tmp_path / "j.db", receipt_wait=1.0, resend_every=0.2))
+        try:
+            what = await r.step()
+            assert what == "pending" and r.counters.get("send_refused", 0) >= 1, (what, r.counters)
+            (e,) = r.journal.pending(reg)
+            assert await r.step() == "pending" and r.journal.pending(reg) == [e]   # nothing new signed
+            rig.anvil.rpc("anvil_setBalance", [cs(poor), hex(10**20)])
+            assert (await r.step()).startswith("anchored:")       # the journalled one, and on to the next
+            (row,) = [x for x in r.journal.entries(reg) if x.height == e.height]
+            assert (row.state, row.tx_hash) == (ANCHORED, e.tx_hash)
+            cp = await r.registry.at(e.height)
+            assert cp is not None and cp.block_hash == e.block_hash
+            assert await r.evm.receipt(e.tx_hash) is not None and e.nonce == 0
+        finally:
+            await r.aclose()
+    asyncio.run(go())
