@@ -68,6 +68,8 @@ class Relayer:
         self.validators = Validators(list(self.cfg.side_urls), timeout=self.cfg.rpc_timeout)
         self.journal = Journal(self.cfg.journal)
         self.side: OutboxChainClient | None = None
+        self.side_outbox: Outbox | None = None
+        self.side_url = ""
         self.side_key = private_key(self.cfg.side_key) if self.cfg.side_key is not None else None
         self.started = False
 
@@ -90,7 +92,8 @@ class Relayer:
     async def aclose(self) -> None:
         if self.side is not None:
             await self.side.aclose()
-            self.side.outbox.close()
+        if self.side_outbox is not None:
+            self.side_outbox.close()
         await self.validators.aclose()
         await self.evm.aclose()
         self.journal.close()
@@ -193,23 +196,41 @@ class Relayer:
     # ---- the side-chain record ---------------------------------------------------------------
 
     async def _side_client(self) -> OutboxChainClient | None:
+        """The chain client (outbox in the journal's file) on a live validator; moved to another live one when
+        its validator stops answering while the outbox still has checkpoint txs to see final."""
         key = self.side_key
         if key is None:
             return None
-        if self.side is None:
-            if address_of(key) not in self.authorities:
-                log.warning("--side-key 0x%s is not an authority: anchored checkpoints are not recorded on the "
-                            "side chain", address_of(key).hex())
-                self.count("side_key_not_authority")
-                self.side_key = None
-                return None
-            url, chain_id = await self._live_side()
-            # Only fills use the domain's contract; a checkpoint tx is signed over its body alone.
-            backend = BundledBackend(url, chain_id=chain_id, verifying_contract=b"\x00" * 20)
-            outbox = Outbox(self.cfg.journal, backend.name)
-            self.side = OutboxChainClient(backend, outbox, StaticKeyring([key]), config=ClientConfig(poll_interval=0.5))
-            self.side.start()
+        if address_of(key) not in self.authorities:
+            log.warning("--side-key 0x%s is not an authority: anchored checkpoints are not recorded on the "
+                        "side chain", address_of(key).hex())
+            self.count("side_key_not_authority")
+            self.side_key = None
+            return None
+        if self.side is not None and await self._answers(self.side_url):
+            return self.side
+        url, chain_id = await self._live_side()
+        if self.side is not None:
+            log.warning("side chain record: %s does not answer, moving to %s", self.side_url, url)
+            self.count("side_failover")
+            await self.side.aclose()      # the outbox (rows, nonces, signed bytes) stays; the new client resumes it
+        # Only fills use the domain's contract; a checkpoint tx is signed over its body alone.
+        backend = BundledBackend(url, chain_id=chain_id, verifying_contract=b"\x00" * 20)
+        if self.side_outbox is None:
+            self.side_outbox = Outbox(self.cfg.journal, backend.name)
+        self.side = OutboxChainClient(backend, self.side_outbox, StaticKeyring([key]),
+                                      config=ClientConfig(poll_interval=0.5))
+        self.side_url = url
+        self.side.start()
         return self.side
+
+    async def _answers(self, url: str) -> bool:
+        try:
+            async with JsonRpcClient(url, timeout=self.cfg.rpc_timeout) as c:
+                await c.call("chain_blockNumber")
+            return True
+        except ChainClientError:
+            return False
 
     async def _live_side(self) -> tuple[str, int]:
         last: Exception | None = None
@@ -224,7 +245,7 @@ class Relayer:
 
     async def _record_on_side(self) -> None:
         due = self.journal.side_due(self.cfg.registry)
-        if not due:
+        if not due and (self.side is None or self.side_outbox is None or not self.side_outbox.live()):
             return
         client = await self._side_client()
         if client is None or self.side_key is None:

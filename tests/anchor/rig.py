@@ -137,7 +137,8 @@ class AnchorRig:
     # ---- the relayer process ----
 
     def relayer_args(self, every: int = EVERY) -> list[str]:
-        return [sys.executable, "-m", "gateway.cli", "chain", "anchor", "--rpc", *self.urls,
+        # validator 3 first: the side-chain record starts on it, and the test that stops it sees the move
+        return [sys.executable, "-m", "gateway.cli", "chain", "anchor", "--rpc", *reversed(self.urls),
                 "--main-rpc", self.anvil.url, "--registry", self.contract.address, "--key", str(self.relayer_key),
                 "--side-key", str(self.tmp / "authority-0.key"), "--every", str(every), "--poll", "0.2",
                 "--journal", str(self.journal)]
