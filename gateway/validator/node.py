@@ -83,7 +83,6 @@ class NodeConfig:
     peers: tuple[tuple[str, int], ...] = ()
     rpc: tuple[str, int] | None = ("127.0.0.1", 0)
     workers: int = 0
-    verify_nice: int = 0                   # CPU priority of the verify workers relative to the node's loop
     block_time: float | None = None        # default: the genesis's block_time_ms
     max_block_txs: int = 20_000
     debug_rpc: bool = False                # debug_* methods (fault injection for tests)
@@ -193,7 +192,7 @@ class Node:
         self.block_time = bt
         self.machine = Machine(self.authorities, self.address, Timeouts.for_block_time(bt), g.chain_id)
         self.mempool = Mempool(self._nonce_of)
-        self.verifier = Verifier(self.params, cfg.workers, nice=cfg.verify_nice)
+        self.verifier = Verifier(self.params, cfg.workers)
         self.net = p2p.Network(cfg.key, g.chain_id, g.hash, cfg.p2p, list(cfg.peers), self._on_frame,
                                limits=cfg.limits, on_connect=self._on_connect)
         self.counters: dict[str, int] = {}
@@ -851,7 +850,8 @@ class Node:
                 "lockedRound": m.locked_round,
                 "peers": ["0x" + a.hex() for a in self.net.peers], "validators": len(self.authorities),
                 "validatorsUp": up, "mempool": len(self.mempool), "counters": counters,
-                "timing": {k: round(v, 3) for k, v in self.timing.items()},
+                "timing": {**{k: round(v, 3) for k, v in self.timing.items()},
+                           "verify_inline": round(self.verifier.seconds, 3)},
                 "p2p": f"{self.net.listen[0]}:{self.net.listen[1]}"}
 
 

@@ -147,9 +147,9 @@ def test_a_block_is_final_only_once_its_sqlite_transaction_committed(tmp_path):
             if at == "meta" and node.committing and node.committing[0].block.txs:
                 gate.wait(10)
         node.store.fault = hold
-        h0 = node.store.head.height
         (h,) = await node.submit([kit.raw_tx(2, 0, kit.transfer(6, 5))])
         assert await wait_until(lambda: _included(node, h), 5)
+        h0 = node.committing[0].block.header.height - 1       # the head below the block held in its write
         await asyncio.sleep(0.3)                     # several slots: the next proposal waits for the parent
         assert node.tx_status(h)["status"] == "included"
         assert node.store.head.height == h0 and node.store.receipt(h) is None
