@@ -39,6 +39,7 @@ from gateway.web.passwords import Hasher
 from gateway.web.readmodel import Complex, Sources
 from gateway.web.sealing import Sealer, load_or_create_secret
 from gateway.web.sessions import ANON, FULL, Session, Sessions
+from gateway.web.throttle import ensure_throttle_schema
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +87,7 @@ class Web:
         secret = load_or_create_secret(config.server_secret_path)
         self.hasher = Hasher(config.argon2)
         self.sealer = Sealer(secret, b"totp")
-        self.guard = Guard(config.limits, config.origin, clock=config.clock)
+        self.guard = Guard(config.limits, config.origin, conn=lambda: self.store().conn, clock=config.clock)
         self.templates = Jinja2Templates(env=jinja2.Environment(loader=jinja2.FileSystemLoader(HERE / "templates"),
                                                                  autoescape=True))
         self.templates.env.globals["grid"] = config.grid
@@ -116,6 +117,7 @@ class Web:
         if s is None:
             conn = gdb.connect(self.config.db)
             gdb.ensure_schema(conn, "readings", gdb.READINGS_SCHEMA)
+            ensure_throttle_schema(conn)
             s = Store(conn, Accounts(conn, self.hasher, self.sealer),
                       Sessions(conn, idle_s=self.config.session_idle_s, absolute_s=self.config.session_absolute_s,
                                anon_s=self.config.anon_session_s),
@@ -152,6 +154,7 @@ class Web:
         if now - self._purged_at >= PURGE_EVERY_S:  # expired sessions nobody presents again
             self._purged_at = now
             store.sessions.purge(now)
+            self.guard.purge()
         session = store.sessions.get(request.cookies.get(self.cookie_name), now)
         account = None
         if session is not None and session.stage == FULL and session.account_id is not None:

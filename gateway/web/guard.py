@@ -5,9 +5,10 @@ brute-force limits, security headers, and the counters operators read.
   token in the form field ``csrf``, compared in constant time; a request whose
   ``Origin`` (or, without one, ``Sec-Fetch-Site``) says it comes from another
   site is refused before the token is even looked at.
-- Limits: token buckets (``gateway.market.ratelimit``) per login and per
-  client address for sign-in, per account and per device for claim codes, per
-  account for TOTP codes. Every attempt takes a token.
+- Limits: token buckets per login and per client address for sign-in, per
+  account and per device for claim codes, per account for TOTP and recovery
+  codes. Every attempt takes a token. Buckets and counters are kept in the
+  gateway's database (``throttle.py``): a restart gives no fresh attempts.
 - Headers: a CSP without inline scripts or styles, no framing, the referrer only to ourselves
   (the pairing URL carries a claim code), and ``no-store`` on every page.
 - Access log: method, path without the query (which may hold a claim code),
@@ -18,14 +19,15 @@ from __future__ import annotations
 
 import hmac
 import logging
+import sqlite3
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable, MutableMapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, fields
 from typing import Any
 
-from gateway.market.ratelimit import RateLimiter
 from gateway.web.config import Limits
+from gateway.web.throttle import Bucket, PersistentBuckets, PersistentCounters
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("gateway.web.access")
@@ -54,27 +56,38 @@ class Refused(Exception):
 
 @dataclass
 class Guard:
-    """The limits and counters of one web application (in memory: a restart refills the buckets)."""
+    """The limits and counters of one web application, persistent in the gateway's database
+    (``conn``: this thread's connection, tables made by ``throttle.ensure_throttle_schema``)."""
 
     limits: Limits
     origin: str
+    conn: Callable[[], sqlite3.Connection]
     clock: Callable[[], float] = time.time
-    counters: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
-        self._buckets = {name: RateLimiter(*getattr(self.limits, name))
-                         for name in self.limits.__dataclass_fields__}
+        self._buckets = PersistentBuckets({f.name: Bucket(*getattr(self.limits, f.name)) for f in fields(self.limits)},
+                                          self.conn)
+        self._counters = PersistentCounters(self.conn)
+
+    @property
+    def counters(self) -> Counter[str]:
+        """Every security event so far, by reason (read from the database)."""
+        return self._counters.snapshot()
 
     def count(self, reason: str) -> None:
-        self.counters[reason] += 1
+        self._counters.add(reason)
         log.warning("web security event: %s", reason)
+
+    def purge(self) -> int:
+        """Forget buckets that are full again."""
+        return self._buckets.purge(self.clock())
 
     def limit(self, name: str, key: str, what: str) -> None:
         """Take a token from bucket ``name`` for ``key`` or refuse with 429 (counted as ``<what>_rate_limited``)."""
-        bucket = self._buckets[name]
-        if not bucket.allow(key, self.clock()):
+        verdict = self._buckets.take(name, key, self.clock())
+        if not verdict.allowed:
             self.count(f"{what}_rate_limited")
-            wait = max(1.0, bucket.retry_after(key))
+            wait = max(1.0, verdict.retry_after)
             raise Refused(429, f"{what}_rate_limited", f"Too many attempts. Try again in {int(wait) + 1} s.",
                           retry_after=wait)
 
