@@ -12,7 +12,8 @@ TOTP (RFC 6238, 30 s steps, 6 digits) is enrolled with a pending secret that
 becomes active once a code from it is confirmed. ``totp_last_step`` makes each
 code single use: a code is accepted only for a step newer than the last one
 accepted, updated with a compare-and-set so two racing requests cannot both
-use one code.
+use one code. Recovery codes (``recovery.py``) stand in for it at sign-in;
+``Account.totp_reenrol`` says one was used and TOTP must be enrolled again.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import pyotp
 
 from gateway.db import ensure_schema, transaction
 from gateway.web.passwords import AccountInputError, Hasher, check_password
+from gateway.web.recovery import REENROL_SQL, RecoveryCodes
 from gateway.web.sealing import SealError, Sealer
 
 log = logging.getLogger(__name__)
@@ -64,17 +66,19 @@ class Account:
     role: str
     household: str | None
     totp_enabled: bool
+    totp_reenrol: bool = False   # signed in with a recovery code since TOTP was last enrolled
 
     @property
     def is_operator(self) -> bool:
         return self.role == OPERATOR
 
 
-_COLS = "id, login, role, household, totp_secret IS NOT NULL"
+_COLS = f"id, login, role, household, totp_secret IS NOT NULL, {REENROL_SQL}"
+_NCOLS = 6
 
 
 def _account(row: tuple) -> Account:
-    return Account(int(row[0]), row[1], row[2], row[3], bool(row[4]))
+    return Account(int(row[0]), row[1], row[2], row[3], bool(row[4]), bool(row[5]))
 
 
 class Accounts:
@@ -83,6 +87,7 @@ class Accounts:
         self.hasher = hasher
         self.sealer = sealer
         ensure_schema(conn, "web_accounts", SCHEMA)
+        self.recovery = RecoveryCodes(conn)
 
     def get(self, account_id: int) -> Account | None:
         row = self.conn.execute(f"SELECT {_COLS} FROM web_accounts WHERE id = ?", (account_id,)).fetchone()
@@ -112,7 +117,7 @@ class Accounts:
     def password_hash(self, login: str) -> tuple[Account | None, str | None]:
         row = self.conn.execute(f"SELECT {_COLS}, password_hash FROM web_accounts WHERE login = ?",
                                 (login,)).fetchone()
-        return (_account(row), row[5]) if row else (None, None)
+        return (_account(row), row[_NCOLS]) if row else (None, None)
 
     def set_password_hash(self, account_id: int, password_hash: str) -> None:
         self.conn.execute("UPDATE web_accounts SET password_hash = ? WHERE id = ?", (password_hash, account_id))
@@ -161,9 +166,11 @@ class Accounts:
 
     def reset_totp(self, account: Account) -> None:
         """Forget the account's TOTP secret (a lost phone; an operator's act after checking who asks).
-        The caller also ends the account's sessions."""
-        self.conn.execute("UPDATE web_accounts SET totp_secret = NULL, totp_pending = NULL WHERE id = ?",
-                          (account.id,))
+        Its recovery codes go with it. The caller also ends the account's sessions."""
+        with transaction(self.conn):
+            self.conn.execute("UPDATE web_accounts SET totp_secret = NULL, totp_pending = NULL WHERE id = ?",
+                              (account.id,))
+            self.recovery.forget(account.id)
         log.warning("web account id=%s: TOTP reset", account.id)
 
     def start_enrolment(self, account: Account) -> str:
@@ -180,7 +187,8 @@ class Accounts:
         return self.sealer.open(bytes(row[0]), self._bound(account.id)).decode()
 
     def confirm_enrolment(self, account: Account, code: str, now: float) -> str:
-        """Activate the pending secret if ``code`` is one of its current codes: ok, bad_code, no_pending."""
+        """Activate the pending secret if ``code`` is one of its current codes: ok, bad_code, no_pending.
+        On ``ok`` the caller issues a new set of recovery codes (which also ends a required re-enrolment)."""
         with transaction(self.conn):
             secret = self.pending_secret(account)
             if secret is None:

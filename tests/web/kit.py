@@ -64,6 +64,7 @@ class User:
     login: str
     secret: str | None = None
     steps_used: list[int] = field(default_factory=list)
+    recovery: list[str] = field(default_factory=list)   # shown once at enrolment
 
     def code(self, clock: Clock, ahead: int = 0) -> str:
         assert self.secret
@@ -84,7 +85,12 @@ def enrol(web: Web, user: User, clock: Clock) -> None:
     user.secret = m.group(1).replace(" ", "")
     r = user.c.post("/account/2fa", data={"csrf": csrf_of(page), "code": user.code(clock)},
                     headers={"origin": ORIGIN})
-    assert r.status_code == 303, r.text
+    assert r.status_code == 200 and 'id="recovery-codes"' in r.text, r.text
+    user.recovery = recovery_codes_of(r.text)
+
+
+def recovery_codes_of(html: str) -> list[str]:
+    return re.findall(r"<li><code>([0-9A-Z]{4}(?:-[0-9A-Z]{4}){3})</code></li>", html)
 
 
 def add_device(web: Web, name: str | None = "101-A", claim: str | None = None) -> tuple[str, str]:

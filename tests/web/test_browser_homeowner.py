@@ -51,9 +51,10 @@ def rig(tmp_path_factory):
 
 
 def _shot(page: Page, shots, name: str) -> None:  # type: ignore[no-untyped-def]
-    """A full-page screenshot; TOTP secrets (text and QR) and typed codes are masked: the pictures
+    """A full-page screenshot; TOTP secrets (text and QR), recovery codes and typed codes are masked: the pictures
     end up in docs/img and must not carry even a test account's secret."""
-    secret = [page.locator(sel).filter(visible=True) for sel in (".qr", "#totp-secret", "input[name=code]")]
+    secret = [page.locator(sel).filter(visible=True)
+              for sel in (".qr", "#totp-secret", "input[name=code]", "#recovery-codes", "input[name=recovery]")]
     page.screenshot(path=str(shots / f"{name}.png"), full_page=True, mask=secret, mask_color="#9aa5a0")
 
 
@@ -81,6 +82,13 @@ def test_homeowner_scans_signs_up_enrols_pairs_and_sees_live_power(rig) -> None:
     totp = pyotp.TOTP(secret)
     page.get_by_label("The 6-digit code").fill(totp.now())
     page.get_by_role("button", name="Turn on").click()
+
+    # the recovery codes, shown once; one of them is used below to sign in without the phone
+    expect(page.get_by_role("heading", name="Your recovery codes")).to_be_visible()
+    codes = page.locator("#recovery-codes li").all_inner_texts()
+    assert len(codes) == 10 and all(re.fullmatch(r"[0-9A-Z]{4}(-[0-9A-Z]{4}){3}", c) for c in codes)
+    _shot(page, shots, "homeowner-3b-recovery-codes")
+    page.get_by_role("link", name="I have saved them, continue").click()
 
     expect(page.get_by_role("heading", name="Add this meter?")).to_be_visible()  # back to the QR link
     expect(page.locator("#joins")).to_have_text("101-A")
@@ -119,6 +127,21 @@ def test_homeowner_scans_signs_up_enrols_pairs_and_sees_live_power(rig) -> None:
     assert not errors, errors  # no CSP violation or script error
     ctx.close()
 
+    # a lost phone: another browser signs in with a recovery code and must set up the authenticator again
+    ctx = browser.new_context(viewport=PHONE, device_scale_factor=1)
+    page = ctx.new_page()
+    page.goto(gw.url + "/signin")
+    page.get_by_label("Email or phone number").fill("010-2345-6789")
+    page.get_by_label("Password").fill(PASSWORD)
+    page.get_by_role("button", name="Sign in").click()
+    page.get_by_text("Lost your phone? Use a recovery code").click()
+    page.get_by_label("Recovery code").fill(codes[0].lower())
+    _shot(page, shots, "homeowner-8-recovery-signin")
+    page.get_by_role("button", name="Sign in with a recovery code").click()
+    expect(page.locator("#reenrol")).to_be_visible()
+    expect(page.locator("#totp-secret")).to_be_visible()   # a new key to scan
+    ctx.close()
+
 
 def test_operator_signs_in_with_totp_and_sees_the_complex(rig) -> None:
     gw, meter, browser, shots = rig
@@ -136,6 +159,7 @@ def test_operator_signs_in_with_totp_and_sees_the_complex(rig) -> None:
     totp = pyotp.TOTP(page.locator("#totp-secret").inner_text().replace(" ", ""))
     page.get_by_label("The 6-digit code").fill(totp.now())
     page.get_by_role("button", name="Turn on").click()
+    page.get_by_role("link", name="I have saved them, continue").click()
     expect(page.get_by_role("heading", name=f"Complex {GRID}")).to_be_visible()
     expect(page.get_by_text(meter.device.device_id.hex())).to_be_visible()
     _shot(page, shots, "operator-1-complex")

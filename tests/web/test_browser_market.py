@@ -83,6 +83,7 @@ def test_operator_sees_chain_settlements_and_devices(served, day: Day) -> None: 
     secret = page.locator("#totp-secret").inner_text().replace(" ", "")
     page.get_by_label("The 6-digit code").fill(pyotp.TOTP(secret).at(day.now))   # the app's clock is the day's
     page.get_by_role("button", name="Turn on").click()
+    page.get_by_role("link", name="I have saved them, continue").click()   # past the recovery codes (shown once)
     expect(page.get_by_role("heading", name=f"Complex {GRID}")).to_be_visible()
     for sd in day.devices.values():
         expect(page.locator("#devices")).to_contain_text(sd.device_id.hex())

@@ -103,6 +103,7 @@ def test_a_manual_order_is_filled_and_settled(tmp_path: Path) -> None:
                 totp = pyotp.TOTP(page.locator("#totp-secret").inner_text().replace(" ", ""))
                 page.get_by_label("The 6-digit code").fill(totp.at(clock.now()))   # the app's clock is the day's
                 page.get_by_role("button", name="Turn on").click()
+                page.get_by_role("link", name="I have saved them, continue").click()   # past the recovery codes
                 page.get_by_role("button", name="Add meter to my home").click()
                 expect(page.locator("#household")).to_have_text("sun-1")
                 page.goto(web.config.public_url + "/home")

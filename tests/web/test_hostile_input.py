@@ -10,9 +10,9 @@ from tests.web.kit import ORIGIN, csrf_of, homeowner, make_trading_web
 
 FIELDS = ("login", "password", "password2", "next", "code", "d", "c", "side", "interval", "wh", "price", "order",
           "sell_floor", "buy_cap", "reserve_wh", "interval_wh", "daily_noia", "passphrase", "passphrase2", "to",
-          "amount", "current", "new", "new2")
+          "amount", "current", "new", "new2", "recovery")
 POSTS = ("/signup", "/signin", "/signin/code", "/account/2fa", "/pair", "/home/order", "/home/order/cancel",
-         "/home/policy", "/home/export", "/home/withdraw", "/account/password")
+         "/home/policy", "/home/export", "/home/withdraw", "/account/password", "/account/2fa/recovery")
 OK = {200, 202, 303, 400, 401, 403, 409, 413, 429}
 
 nasty = st.one_of(st.text(max_size=300), st.sampled_from(["", "0", "-1", "1e309", "NaN", "Infinity", "0x" + "f" * 40,

@@ -16,7 +16,7 @@ from tests.web.kit import (ORIGIN, PASSWORD, Clock, add_device, client, csrf_of,
 POSTS = {"/signup": "/signup", "/signin": "/signin", "/signin/code": "/home", "/signout": "/home",
          "/account/2fa": "/account/2fa", "/pair": "/home", "/home/order": "/home", "/home/order/cancel": "/home",
          "/home/policy": "/home", "/home/export": "/home", "/home/withdraw": "/home",
-         "/account/password": "/account/2fa"}
+         "/account/password": "/account/2fa", "/account/2fa/recovery": "/account/2fa"}
 
 
 def _post_routes(web) -> set[str]:  # type: ignore[no-untyped-def]
