@@ -132,7 +132,8 @@ class ChainBackend(Protocol):
 
     @property
     def rejection_consumes_nonce(self) -> bool:
-        """True on EVM (a reverted tx still uses its nonce); False on the bundled chain."""
+        """Does a tx rejected *in a block* use its nonce? True on EVM (a reverted tx is mined); False on the
+        bundled chain (a tx dropped at block building is not applied). A refusal at intake never uses it."""
         ...
 
     def build(self, intent: Intent, nonce: int, key: PrivateKey) -> SignedTx:

@@ -21,11 +21,20 @@ most one tx per (sender, nonce). That is the exactly-once argument
 (docs/chain-client.md); the nonce rules below keep it when the chain refuses:
 
 - rejected for any reason but ``bad_nonce``: recorded with the reason, never
-  resent. On a chain where a rejection does not consume the nonce (the bundled
-  chain), the freed nonce would stall every later tx of the account, so a
-  ``NonceFill`` row takes the same nonce over (recorded in the same
-  transaction as the rejection). Whichever of the two the chain applies,
-  the other can never apply.
+  resent. Where the rejection leaves the nonce unused, the freed nonce would
+  stall every later tx of the account (already signed with higher nonces), so
+  a ``NonceFill`` row takes the same nonce over, recorded in the same
+  transaction as the rejection. Whichever of the two the chain applies, the
+  other can never apply (one tx per (sender, nonce)). The nonce is unused
+  after a tx dropped from a block build on a chain whose rejections do not
+  consume nonces (the bundled chain), and after a refusal at intake on any
+  chain (EVM: wrong chain id, a gas limit above the block's) once the client
+  has checked it is certain: the node does not have the tx (status neither
+  pending, included nor final; else this very tx is on its way or applied and
+  is followed as such) and the chain's nonce has not passed the tx's (else
+  the nonce is used already, so there is no gap). Re-signing the later
+  intents one nonce down instead would leave their old bytes valid at the
+  freed-up nonces: a double application.
 - ``bad_nonce`` with the tx's nonce at or above the chain's: not yet (an
   earlier nonce is still on its way); kept and resent once the chain reaches it.
 - ``bad_nonce`` with the nonce below the chain's (stale): the nonce was used.
@@ -59,7 +68,8 @@ from .outbox import Outbox, OutboxRow
 log = logging.getLogger(__name__)
 
 Fault = Callable[[str], None]
-FAULT_POINTS = ("recorded", "signed", "sent", "submitted", "final_seen")
+FAULT_POINTS = ("recorded", "signed", "sent", "submitted", "final_seen")   # every submission passes these
+REFUSAL_FAULT_POINTS = ("refused", "rejected")   # a refusal at intake: seen; recorded (with its filler)
 
 
 @dataclass(frozen=True)
@@ -301,7 +311,7 @@ class OutboxChainClient:
             await self._bad_nonce(row, refused.detail, cache)
             return
         if refused is not None:
-            self._reject(row, refused.reason, refused.detail)
+            await self._refused(row, refused)
             return
         self._count("sent")
         self._fault("sent")
@@ -323,8 +333,9 @@ class OutboxChainClient:
         elif st.status == "rejected":
             if st.reason == E.BAD_NONCE:
                 await self._bad_nonce(row, "status: bad_nonce", chain_nonces, dropped=True)
-            else:
-                self._reject(row, st.reason or "rejected", "reported by the node's status")
+            else:   # dropped at block building (bundled) or reverted in a block (EVM)
+                self._reject(row, st.reason or "rejected", "reported by the node's status",
+                             fill=not self.backend.rejection_consumes_nonce)
         elif st.status == "unknown":
             self._count("resent_unknown")
             log.info("outbox %s unknown to the node: resending", row.key)
@@ -341,10 +352,41 @@ class OutboxChainClient:
             return []
         return [r.key for r in self.outbox.at_nonce(row.sender, row.nonce) if r.key != row.key and r.live]
 
-    def _reject(self, row: OutboxRow, reason: str, detail: str) -> None:
+    async def _refused(self, row: OutboxRow, exc: TxInvalid | TxRejected) -> None:
+        """A node refused the tx at intake (not ``bad_nonce``): reject it, and fill its nonce only when the
+        refusal is certain to leave that nonce unused (module docstring). A crash anywhere in here leaves
+        the row as it was: the restart sends the same bytes and meets the same refusal, or their success."""
+        assert row.tx_hash is not None and row.nonce is not None
+        self._count(f"refused_{exc.reason}")
+        self._fault("refused")
+        st = await self.backend.tx_status(row.tx_hash)
+        if st.status in ("included", "final"):  # this very tx is on chain: the refusal was of a resend
+            self._count("refused_but_applied")
+            log.warning("outbox %s: a resend was refused (%s) but the tx is %s at %s; following it",
+                        row.key, exc, st.status, st.height)
+            self.outbox.mark_submitted(row.key)
+            if st.status == "final":
+                self.outbox.mark_final(row.key, st.height, superseded=self._rivals(row))
+            else:
+                self.outbox.mark_included(row.key, st.height)
+            return
+        if st.status == "pending":  # the node holds it after all: not a verdict on this tx
+            self._later(row, exc)
+            return
+        chain_nonce = await self.backend.nonce(row.sender)  # fresh: the pass's cache may predate a block
+        self._reject(row, exc.reason, exc.detail, fill=row.nonce >= chain_nonce)
+        self._fault("rejected")
+
+    def _reject(self, row: OutboxRow, reason: str, detail: str, *, fill: bool) -> None:
+        """-> rejected; ``fill``: the rejection leaves the row's nonce unused, so a filler takes it over."""
         filler = None
-        if not self.backend.rejection_consumes_nonce and row.nonce is not None and row.kind != "nonce_fill":
-            filler = filler_intent(row.sender, row.nonce)
+        if fill and row.nonce is not None:
+            if row.kind == "nonce_fill":  # the filler itself refused (e.g. the wrong chain id): nothing else can
+                self._count("gap_unfilled")
+                log.error("outbox %s refused (%s): nonce %d of 0x%s stays unused, later txs of the account wait",
+                          row.key, reason, row.nonce, row.sender.hex())
+            else:
+                filler = filler_intent(row.sender, row.nonce)
         self.outbox.mark_rejected(row.key, reason, detail, filler=filler)
         self._count("rejected")
         log.warning("outbox rejected %s: %s %s%s", row.key, reason, detail,
