@@ -136,7 +136,7 @@ def test_homeowner_scans_signs_up_enrols_pairs_and_sees_live_power(rig) -> None:
     page.get_by_role("button", name="Sign in").click()
     page.get_by_text("Lost your phone? Use a recovery code").click()
     page.get_by_label("Recovery code").fill(codes[0].lower())
-    _shot(page, shots, "homeowner-8-recovery-signin")
+    _shot(page, shots, "homeowner-9-recovery-signin")
     page.get_by_role("button", name="Sign in with a recovery code").click()
     expect(page.locator("#reenrol")).to_be_visible()
     expect(page.locator("#totp-secret")).to_be_visible()   # a new key to scan
