@@ -13,12 +13,13 @@ from dataclasses import dataclass
 
 from eth_abi import encode as abi_encode
 
+from gateway.chain_client.evm_codec import sign_call
 from gateway.evm.compile import compile_contracts
 from gateway.validator.crypto import address_of, private_key, to_checksum
 from gateway.validator.genesis import Genesis
 
 from .errors import AnchorError
-from .evm import GAS_MARGIN, EvmRpc, sign_legacy_tx
+from .evm import GAS_MARGIN, EvmRpc
 from .registry import Registry
 
 DEPLOY_FAILED = "deploy_failed"
@@ -42,8 +43,8 @@ async def deploy_registry(evm: EvmRpc, secret: bytes, genesis: Genesis, *, timeo
     sender = address_of(private_key(secret))
     chain_id = await evm.chain_id()
     gas = await evm.estimate_gas(sender, None, data)
-    raw, tx_hash = sign_legacy_tx(secret, chain_id=chain_id, nonce=await evm.nonce(sender, "pending"), to=None,
-                                  data=data, gas=int(gas * GAS_MARGIN), gas_price=await evm.gas_price())
+    raw, tx_hash = sign_call(secret, chain_id=chain_id, nonce=await evm.nonce(sender, "pending"), to=None, data=data,
+                             gas=int(gas * GAS_MARGIN), fees=await evm.fees())
     await evm.send_raw(raw)
     deadline = time.monotonic() + timeout
     while (r := await evm.receipt(tx_hash)) is None:

@@ -10,6 +10,7 @@ CONFLICTING_CHECKPOINTS = "conflicting_checkpoints"   # authorities signed diffe
 WRONG_CHAIN = "wrong_chain"                    # the side chain is not the registry's (genesis hash)
 BAD_SIGNATURE = "bad_signature"                # a validator's answer does not recover to it / to an authority
 BAD_RESPONSE = "bad_response"                  # a malformed answer
+NO_EIP1559 = "no_eip1559"                      # the main chain has no base fee: it takes no type-2 tx
 
 # verifier: what a lying or broken side-chain RPC is caught at
 NO_CHECKPOINT = "no_checkpoint"                # no anchored checkpoint at or above the block

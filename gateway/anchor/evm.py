@@ -1,12 +1,13 @@
 """The few EVM JSON-RPC calls anchoring needs, over the gateway's JSON-RPC client.
 
 Any EVM chain (anvil in tests, Besu QBFT, geth, the Energy Web Chain) speaks these. Transactions are
-legacy EIP-155 (type 0) signed locally with eth-account: every EVM PoA client accepts them, and the
-signed bytes are fixed before they are sent, so a relayer can journal them and send the very same
-bytes again after a crash (same hash, same nonce: at most one can ever be mined).
+built by the chain client's codec (gateway/chain_client/evm_codec.py ``sign_call``: EIP-1559, type 2,
+signed locally, RFC 6979) with fees read here once (``fees``): the signed bytes are fixed before they
+are sent, so a relayer can journal them and send the very same bytes again after a crash (same hash,
+same nonce: at most one can ever be mined).
 
-A revert is read from ``eth_call`` / ``eth_estimateGas``: the registry's ``Rejected(string reason)``
-custom error is decoded into ``Reverted.reason``.
+A revert is read from ``eth_call`` / ``eth_estimateGas`` with the codec's decoder too (``revert_reason``):
+the registry's ``Rejected(string reason)`` is its reason code; anything else is ``reverted`` with a detail.
 """
 
 from __future__ import annotations
@@ -14,18 +15,16 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from eth_abi import decode as abi_decode
-from eth_account import Account
-
 from gateway.chain_client.errors import ChainUnavailable, RpcError
+from gateway.chain_client.evm import SEND_REFUSALS
+from gateway.chain_client.evm_codec import Fees, revert_data_of, revert_reason
 from gateway.chain_client.rpc import JsonRpcClient
-from gateway.validator.crypto import keccak256
 
-from .errors import MAIN_UNAVAILABLE, AnchorError
+from .errors import BAD_RESPONSE, MAIN_UNAVAILABLE, NO_EIP1559, AnchorError
 
-REJECTED_SELECTOR = keccak256(b"Rejected(string)")[:4]
-ERROR_SELECTOR = keccak256(b"Error(string)")[:4]      # require(..., "message")
 GAS_MARGIN = 1.25
+# "the node has these bytes already": a resend of journalled bytes that is no refusal
+_ALREADY_SENT = tuple(frag for frag, outcome, _ in SEND_REFUSALS if outcome in ("known", "nonce_low"))
 
 
 class Reverted(AnchorError):
@@ -45,23 +44,13 @@ def _hex(b: bytes) -> str:
     return "0x" + b.hex()
 
 
-def _revert_reason(exc: RpcError) -> str | None:
-    """The reason of a revert error object (anvil, geth and Besu put the revert data in ``data``)."""
-    data = exc.data
-    if isinstance(data, dict):
-        data = data.get("data", data.get("result"))
-    if not isinstance(data, str) or not data.startswith("0x"):
-        return None
-    try:
-        raw = bytes.fromhex(data[2:])
-    except ValueError:
-        return None
-    if raw[:4] in (REJECTED_SELECTOR, ERROR_SELECTOR):
-        try:
-            return str(abi_decode(["string"], raw[4:])[0])
-        except Exception:
-            return None
-    return None
+def _reverted(exc: RpcError) -> Reverted:
+    """A revert error object as ``Reverted``: the codec's reason for its revert data, else ``reverted``."""
+    data = revert_data_of(exc.data)
+    if not data:
+        return Reverted("reverted", exc.message)
+    reason, detail = revert_reason(data)
+    return Reverted(reason, f"{detail}: {exc.message}")
 
 
 class EvmRpc:
@@ -89,8 +78,22 @@ class EvmRpc:
     async def nonce(self, address: bytes, tag: str = "pending") -> int:
         return int(await self._call("eth_getTransactionCount", _hex(address), tag), 16)
 
-    async def gas_price(self) -> int:
-        return int(await self._call("eth_gasPrice"), 16)
+    async def fees(self) -> Fees:
+        """Fee fields for a tx signed now: the tip the node suggests (``eth_maxPriorityFeePerGas``, 0 where it
+        lacks the method) and a cap of twice the latest base fee plus the tip, so the journalled bytes stay
+        minable while the base fee doubles. A chain without a base fee takes no type-2 tx: ``no_eip1559``."""
+        blk = await self._call("eth_getBlockByNumber", "latest", False)
+        base = blk.get("baseFeePerGas") if isinstance(blk, dict) else None
+        if base is None:
+            raise AnchorError(NO_EIP1559, f"{self.url}: the latest block has no baseFeePerGas (pre-London chain)")
+        try:
+            tip = int(await self._call("eth_maxPriorityFeePerGas"), 16)
+        except RpcError:
+            tip = 0
+        try:
+            return Fees(2 * int(base, 16) + tip, tip)
+        except (TypeError, ValueError):
+            raise AnchorError(BAD_RESPONSE, f"{self.url}: baseFeePerGas {base!r}") from None
 
     async def call(self, to: bytes, data: bytes, sender: bytes | None = None) -> bytes:
         tx: dict[str, Any] = {"to": _hex(to), "data": _hex(data)}
@@ -99,7 +102,7 @@ class EvmRpc:
         try:
             return bytes.fromhex(str(await self._call("eth_call", tx, "latest"))[2:])
         except RpcError as exc:
-            raise Reverted(_revert_reason(exc) or "reverted", exc.message) from None
+            raise _reverted(exc) from None
 
     async def estimate_gas(self, sender: bytes, to: bytes | None, data: bytes) -> int:
         """``to`` None: a contract creation."""
@@ -109,16 +112,14 @@ class EvmRpc:
         try:
             return int(await self._call("eth_estimateGas", tx), 16)
         except RpcError as exc:
-            raise Reverted(_revert_reason(exc) or "reverted", exc.message) from None
+            raise _reverted(exc) from None
 
     async def send_raw(self, raw: bytes) -> None:
         """Send signed bytes; "already known" / "nonce too low" (the same bytes sent before) are fine."""
         try:
             await self._call("eth_sendRawTransaction", _hex(raw))
         except RpcError as exc:
-            msg = exc.message.lower()
-            if not any(s in msg for s in ("already known", "known transaction", "nonce too low",
-                                          "already imported", "already exists")):
+            if not any(frag in exc.message.lower() for frag in _ALREADY_SENT):
                 raise
 
     async def receipt(self, tx_hash: bytes) -> EvmReceipt | None:
@@ -135,19 +136,3 @@ class EvmRpc:
     async def logs(self, address: bytes, topic0: bytes, from_block: int = 0) -> list[dict[str, Any]]:
         return list(await self._call("eth_getLogs", {"address": _hex(address), "topics": [_hex(topic0)],
                                                     "fromBlock": hex(from_block), "toBlock": "latest"}))
-
-
-def sign_legacy_tx(secret: bytes, *, chain_id: int, nonce: int, to: bytes | None, data: bytes, gas: int,
-                   gas_price: int) -> tuple[bytes, bytes]:
-    """(raw signed bytes, tx hash) of an EIP-155 transaction calling ``to`` with ``data`` (None: create)."""
-    tx: dict[str, Any] = {"chainId": chain_id, "nonce": nonce, "value": 0, "data": data, "gas": gas,
-                          "gasPrice": gas_price}
-    if to is not None:
-        tx["to"] = _checksum(to)
-    signed = Account.sign_transaction(tx, secret)
-    return bytes(signed.raw_transaction), bytes(signed.hash)
-
-
-def _checksum(addr: bytes) -> str:
-    from gateway.validator.crypto import to_checksum
-    return to_checksum(addr)

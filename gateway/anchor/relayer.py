@@ -25,13 +25,14 @@ from typing import Any
 
 from gateway.chain_client import BundledBackend, ClientConfig, Intent, Outbox, OutboxChainClient, StaticKeyring
 from gateway.chain_client.errors import ChainClientError
+from gateway.chain_client.evm_codec import sign_call
 from gateway.chain_client.rpc import JsonRpcClient
 from gateway.validator.crypto import address_of, private_key
 from gateway.validator.tx import Checkpoint as CheckpointTx
 
 from .collect import Validators
 from .errors import WRONG_CHAIN, AnchorError
-from .evm import GAS_MARGIN, EvmReceipt, EvmRpc, Reverted, sign_legacy_tx
+from .evm import GAS_MARGIN, EvmReceipt, EvmRpc, Reverted
 from .journal import ANCHORED, REVERTED, SIDE_SUBMITTED, SIGNED, SUPERSEDED, Entry, Journal
 from .registry import Registry, submit_calldata
 
@@ -135,8 +136,8 @@ class Relayer:
         data = submit_calldata(col.checkpoint, list(col.signatures))
         gas = await self.evm.estimate_gas(self.sender, self.cfg.registry, data)
         nonce = await self.evm.nonce(self.sender, "pending")
-        raw, tx_hash = sign_legacy_tx(self.cfg.key, chain_id=self.chain_id, nonce=nonce, to=self.cfg.registry,
-                                      data=data, gas=int(gas * GAS_MARGIN), gas_price=await self.evm.gas_price())
+        raw, tx_hash = sign_call(self.cfg.key, chain_id=self.chain_id, nonce=nonce, to=self.cfg.registry, data=data,
+                                 gas=int(gas * GAS_MARGIN), fees=await self.evm.fees())
         cp = col.checkpoint
         entry = Entry(self.cfg.registry, cp.height, cp.block_hash, cp.state_root, len(col.signatures), self.chain_id,
                       self.sender, nonce, tx_hash, raw, SIGNED, None, None, None)

@@ -137,12 +137,38 @@ def sign(c: Contracts, intent: Intent, nonce: int, key: PrivateKey, fees: Fees,
          gas: dict[str, int] = GAS) -> tuple[bytes, bytes]:
     """(raw signed bytes, tx hash): deterministic in (intent, nonce, key, fees, gas table)."""
     to, data = call_of(c, intent)
-    tx = {"type": 2, "chainId": c.chain_id, "nonce": nonce, "to": to_checksum(to), "value": 0, "data": data,
-          "gas": gas_limit(intent.action, gas), "maxFeePerGas": fees.max_fee_per_gas,
-          "maxPriorityFeePerGas": fees.max_priority_fee_per_gas, "accessList": []}
-    signed = Account.sign_transaction(tx, key.secret)
+    return sign_call(key, chain_id=c.chain_id, nonce=nonce, to=to, data=data, gas=gas_limit(intent.action, gas),
+                     fees=fees)
+
+
+def sign_call(key: PrivateKey | bytes, *, chain_id: int, nonce: int, to: bytes | None, data: bytes, gas: int,
+              fees: Fees, value: int = 0) -> tuple[bytes, bytes]:
+    """(raw signed bytes, tx hash) of an EIP-1559 (type 2) tx calling ``to`` (None: a contract creation).
+
+    The one way this project signs an EVM tx (the chain client, the anchoring relayer, the deployers).
+    RFC 6979: the same arguments give the same bytes, so a caller that stores the bytes before sending
+    can resend exactly them after a crash (same hash, same nonce: at most one is ever mined)."""
+    tx: dict[str, object] = {"type": 2, "chainId": chain_id, "nonce": nonce, "value": value, "data": data,
+                             "gas": gas, "maxFeePerGas": fees.max_fee_per_gas,
+                             "maxPriorityFeePerGas": fees.max_priority_fee_per_gas, "accessList": []}
+    if to is not None:
+        tx["to"] = to_checksum(to)
+    signed = Account.sign_transaction(tx, key.secret if isinstance(key, PrivateKey) else key)
     raw = bytes(signed.raw_transaction)
     return raw, keccak256(raw)
+
+
+def revert_data_of(error_data: object) -> bytes:
+    """The revert data in a JSON-RPC error's ``data`` (anvil, geth and Besu put the hex there, or under
+    ``data`` / ``result`` in an object); empty when there is none or it is not hex."""
+    if isinstance(error_data, dict):
+        error_data = error_data.get("data", error_data.get("result"))
+    if not isinstance(error_data, str) or not error_data.startswith(("0x", "0X")):
+        return b""
+    try:
+        return bytes.fromhex(error_data[2:])
+    except ValueError:
+        return b""
 
 
 def revert_reason(data: bytes, *, used_all_gas: bool = False) -> tuple[str, str]:
