@@ -121,3 +121,25 @@ def test_operator_reset_2fa_forgets_the_recovery_codes(tmp_path) -> None:
     c = client(web)
     r = post(c, "/signin", {"login": "kim@example.com", "password": PASSWORD})
     assert r.status_code == 303 and r.headers["location"] == "/home"   # no second factor left: enrols again
+
+
+def test_an_operator_after_a_recovery_sign_in_enrols_again_and_the_counters_survive_a_restart(tmp_path) -> None:
+    from gateway.web.accounts import OPERATOR
+    from gateway.web.app import Web
+
+    t = make_trading_web(tmp_path)
+    t.web.store().accounts.create("ops@utility.example", PASSWORD, OPERATOR, int(t.clock()))
+    ops = User(client(t.web), "ops@utility.example")
+    assert post(ops.c, "/signin", {"login": "ops@utility.example", "password": PASSWORD}).status_code == 303
+    enrol(t.web, ops, t.clock)
+    t.clock.t += 60
+    post(client(t.web), "/signin", {"login": "ops@utility.example", "password": "a-wrong-password-1"})
+    restarted = Web(t.web.config)      # a new app on the same database
+    user = _signin_password(restarted, "ops@utility.example")
+    assert _recover(user, ops.recovery[0]).status_code == 303
+    r = user.c.get("/operator")
+    assert r.status_code == 303 and r.headers["location"] == "/account/2fa?next=/operator"
+    enrol(restarted, user, t.clock)
+    page = user.c.get("/operator").text
+    assert re.search(r"<td>signin_failed</td><td class=\"n\">1</td>", page)
+    assert re.search(r"<td>recovery_code_used</td><td class=\"n\">1</td>", page)
