@@ -143,3 +143,20 @@ def test_an_operator_after_a_recovery_sign_in_enrols_again_and_the_counters_surv
     page = user.c.get("/operator").text
     assert re.search(r"<td>signin_failed</td><td class=\"n\">1</td>", page)
     assert re.search(r"<td>recovery_code_used</td><td class=\"n\">1</td>", page)
+
+
+def test_no_recovery_code_in_the_logs(tmp_path, caplog) -> None:
+    import logging
+    caplog.set_level(logging.DEBUG)
+    clock = Clock()
+    web = make_web(tmp_path, clock=clock)
+    kim = signup(web, "kim@example.com")
+    enrol(web, kim, clock)
+    clock.t += 60
+    user = _signin_password(web)
+    assert _recover(user, "WRNG-CODE-0000-1111").status_code == 401
+    assert _recover(user, kim.recovery[1]).status_code == 303
+    text = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith(("gateway", "uvicorn")))
+    assert "web security event: recovery_code_used" in text and "with a recovery code" in text
+    for code in [*kim.recovery, "WRNG-CODE-0000-1111"]:
+        assert code not in text and code.replace("-", "") not in text
