@@ -22,11 +22,11 @@ from typing import Any
 
 from coincurve import PrivateKey
 from eth_abi.abi import encode as abi_encode
-from eth_account import Account
 from hexbytes import HexBytes
 from web3 import Web3
 
-from gateway.validator.crypto import address_of, keccak256, to_checksum
+from gateway.chain_client.evm_codec import Fees, sign_call
+from gateway.validator.crypto import address_of, to_checksum
 
 from .abi import constructor_types, functions
 from .compile import compile_contracts
@@ -53,15 +53,11 @@ class _Sender:
         addr = address_of(key)
         if addr not in self._nonces:
             self._nonces[addr] = int(self.w3.eth.get_transaction_count(Web3.to_checksum_address(addr), "pending"))
-        tx: dict[str, Any] = {"type": 2, "chainId": self.chain_id, "nonce": self._nonces[addr], "value": value,
-                              "data": data, "gas": gas, "maxFeePerGas": self.max_fee,
-                              "maxPriorityFeePerGas": self.priority_fee}
-        if to is not None:
-            tx["to"] = to_checksum(to)
-        raw = bytes(Account.sign_transaction(tx, key.secret).raw_transaction)
+        raw, h = sign_call(key, chain_id=self.chain_id, nonce=self._nonces[addr], to=to, data=data, gas=gas,
+                           fees=Fees(self.max_fee, self.priority_fee), value=value)
         self.w3.eth.send_raw_transaction(raw)
         self._nonces[addr] += 1
-        return keccak256(raw)
+        return h
 
     def wait(self, hashes: list[bytes], timeout: float = 60.0) -> list[Any]:
         out = []
