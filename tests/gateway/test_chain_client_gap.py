@@ -13,13 +13,20 @@ for the gap.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import signal
+import sqlite3
+import sys
 from pathlib import Path
 
-from gateway.chain_client import (FINAL, REJECTED, BundledBackend, Intent, Outbox, OutboxChainClient,
-                                  SubmissionId)
+import pytest
+
+from gateway.chain_client import (FINAL, PENDING, REJECTED, SIGNED, BundledBackend, Intent, Outbox,
+                                  OutboxChainClient, SubmissionId)
 from gateway.chain_client.client import filler_intent
 from gateway.validator.tx import Fill
-from tests.gateway.test_chain_client_node import CONFIG, FAR, KEYS, dispose, make_client, pay, real_node
+from tests.gateway.test_chain_client_node import CONFIG, FAR, KEYS, ROOT, dispose, make_client, pay, real_node
 from tests.gateway.validator import kit
 from tests.gateway.validator.netkit import START
 
@@ -105,3 +112,82 @@ def test_a_refused_filler_leaves_the_gap_counted_never_a_loop(tmp_path: Path) ->
 
     asyncio.run(go())
 
+
+
+CHILD = r"""
+import asyncio, sys, time
+sys.path.insert(0, sys.argv[1])
+from gateway.validator.genesis import load_genesis
+from tests.gateway.test_chain_client_gap import gap_script, sign_ahead
+from tests.gateway.test_chain_client_node import make_client
+
+root, db, url, gpath, point = sys.argv[1:6]
+
+def fault(where):
+    if where == point:
+        print("AT", where, flush=True)
+        time.sleep(120)          # SIGKILL arrives here
+
+async def main():
+    c = make_client(db, url, load_genesis(gpath), fault=fault if point != "-" else None)
+    if point != "-":
+        await sign_ahead(c, gap_script())
+    await c.run_until_settled(30)
+    print("DONE", flush=True)
+
+asyncio.run(main())
+"""
+
+
+def gap_script() -> list[Intent]:
+    """Account 4: a forged fill the node refuses at intake (nonce 0), then two payments signed ahead."""
+    forged = Fill(kit.signed(kit.order(2, nonce=5, expiry=FAR), signer=6))
+    return [Intent("fill:forged", kit.addr(4), forged), pay("pay:a", 4, 3, 11), pay("pay:b", 4, 3, 13)]
+
+
+@pytest.mark.parametrize("point", ["refused", "rejected"])
+def test_kill_9_between_the_refusal_and_its_filler_then_restart_applies_every_intent_once(tmp_path: Path,
+                                                                                       point: str) -> None:
+    """The client process SIGKILLed when the refusal is seen but not recorded, and when the rejection and
+    its filler are recorded (one transaction) but the filler is not signed; the restarted client ends with
+    the forged fill rejected, the filler final at nonce 0, the payments final at 1 and 2, each once."""
+    async def go() -> None:
+        db = tmp_path / "gw.db"
+        async with real_node(tmp_path) as (node, g, chain):
+            gpath = tmp_path / "genesis.json"
+            gpath.write_text(json.dumps(g.to_json()))
+
+            async def child(p: str) -> str:
+                proc = await asyncio.create_subprocess_exec(sys.executable, "-c", CHILD, str(ROOT), str(db),
+                                                            chain.url, str(gpath), p,
+                                                            stdout=asyncio.subprocess.PIPE, cwd=ROOT)
+                assert proc.stdout is not None
+                line = (await asyncio.wait_for(proc.stdout.readline(), 60)).decode().strip()
+                if line.startswith("AT"):
+                    os.kill(proc.pid, signal.SIGKILL)
+                    assert await proc.wait() == -signal.SIGKILL
+                else:
+                    assert await asyncio.wait_for(proc.wait(), 30) == 0
+                return line
+
+            assert await child(point) == f"AT {point}"
+            raw = sqlite3.connect(db)
+            states = dict(raw.execute("SELECT key, state FROM chain_outbox"))
+            raw.close()
+            fill_key = filler_intent(kit.addr(4), 0).key
+            if point == "refused":
+                assert states["fill:forged"] == SIGNED and fill_key not in states
+            else:
+                assert states["fill:forged"] == REJECTED and states[fill_key] == PENDING
+            assert await child("-") == "DONE"
+            c = make_client(db, chain.url, g)
+            rows = {r.key: r for r in c.outbox.all()}
+            assert {k: (r.state, r.nonce) for k, r in rows.items()} == {
+                "fill:forged": (REJECTED, 0), "pay:a": (FINAL, 1), "pay:b": (FINAL, 2), fill_key: (FINAL, 0)}
+            applied = await chain.applied()
+            assert [applied[rows[k].tx_hash] for k in ("fill:forged", "pay:a", "pay:b", fill_key)] == [0, 1, 1, 1]
+            assert sum(applied.values()) == 3
+            assert await chain.nonce(4) == 3 and await chain.balance(3) == START + 24
+            await dispose(c)
+
+    asyncio.run(go())
