@@ -373,6 +373,10 @@ class OutboxChainClient:
         if st.status == "pending":  # the node holds it after all: not a verdict on this tx
             self._later(row, exc)
             return
+        if st.status == "rejected" and st.height is not None:  # mined and reverted (EVM): the chain's verdict
+            self._reject(row, st.reason or "rejected", "reported by the node's status",
+                         fill=not self.backend.rejection_consumes_nonce)
+            return
         chain_nonce = await self.backend.nonce(row.sender)  # fresh: the pass's cache may predate a block
         self._reject(row, exc.reason, exc.detail, fill=row.nonce >= chain_nonce)
         self._fault("rejected")

@@ -151,7 +151,8 @@ def test_a_refused_resend_of_a_tx_already_mined_is_followed_not_rejected(chain: 
     """The gateway crashed after the node took a transfer and before the outbox knew; meanwhile the block gas
     limit fell under the transfer's gas limit. The restart resends the bytes and the node refuses them as too
     big for a block, but the tx is mined: the outbox follows it to final and fills nothing (a filler at a used
-    nonce would report a wrong "rejected" until the chain proved otherwise)."""
+    nonce would report a wrong "rejected" until the chain proved otherwise). A second one, mined and reverted,
+    is recorded with the revert's reason, not the resend's refusal."""
     async def go() -> None:
         b = chain.backend()
         n0, paid0 = await settled_nonce(b, 7), await b.balance(kit.addr(PAYEE))
@@ -162,9 +163,11 @@ def test_a_refused_resend_of_a_tx_already_mined_is_followed_not_rejected(chain: 
 
         c = make_client(tmp_path / "gw.db", chain.url, chain.deployment, fault=crash)
         it = Intent("pay:7", kit.addr(7), kit.transfer(PAYEE, 17))
-        with pytest.raises(RuntimeError):
-            await c.submit(it)
-        assert c.status(SubmissionId(it.key)).state == SIGNED
+        too_much = Intent("pay:7:too-much", kit.addr(7), kit.transfer(PAYEE, 10**30))   # mined, reverts
+        for i in (it, too_much):
+            with pytest.raises(RuntimeError):
+                await c.submit(i)
+            assert c.status(SubmissionId(i.key)).state == SIGNED
         await dispose(c)
         await settled_nonce(b, 7)                              # mined and final
         chain.node.rpc("evm_setBlockGasLimit", [hex(GAS["transfer"] - 1)])
@@ -174,15 +177,16 @@ def test_a_refused_resend_of_a_tx_already_mined_is_followed_not_rejected(chain: 
             async with geth_ordered(chain.url) as url:
                 c = make_client(tmp_path / "gw.db", url, chain.deployment)
                 await c.run_until_settled(30)
-                st = c.status(SubmissionId(it.key))
+                st, sr = c.status(SubmissionId(it.key)), c.status(SubmissionId(too_much.key))
                 assert (st.state, st.nonce) == (FINAL, n0)
-                assert c.counters.get("refused_gas_limit_exceeded") == 1
+                assert (sr.state, sr.reason, sr.nonce) == (REJECTED, "insufficient_balance", n0 + 1)  # the revert's
+                assert c.counters.get("refused_gas_limit_exceeded") == 2
                 assert c.counters.get("refused_but_applied") == 1
-                assert [r.key for r in c.outbox.all()] == [it.key]          # no filler
+                assert [r.key for r in c.outbox.all()] == [it.key, too_much.key]          # no filler
                 await dispose(c)
         finally:
             chain.node.rpc("evm_setBlockGasLimit", [hex(BLOCK_GAS_LIMIT)])
-        assert await b.balance(kit.addr(PAYEE)) == paid0 + 17 and await b.pending_nonce(kit.addr(7)) == n0 + 1
+        assert await b.balance(kit.addr(PAYEE)) == paid0 + 17 and await b.pending_nonce(kit.addr(7)) == n0 + 2
         await b.aclose()
 
     asyncio.run(go())
