@@ -59,6 +59,15 @@ def test_an_intake_refusal_leaves_the_nonce_unused_and_a_later_nonce_waits(tmp_p
             await asyncio.sleep(4 * 0.2)              # several blocks
             assert (await chain.status(later))["status"] == "pending"
             assert await chain.nonce(4) == 0 and await chain.balance(3) == START
+            # a state rule is not checked at intake: an expired order's fill is taken, then dropped by the block
+            # build with its reason, and the nonce is unused again
+            expired = await b.send(kit.raw_tx(5, 0, Fill(kit.signed(kit.order(2, nonce=6, expiry=1)))))
+            for _ in range(50):
+                if (await chain.status(expired))["status"] != "pending":
+                    break
+                await asyncio.sleep(0.1)
+            assert await chain.status(expired) == {"status": "rejected", "height": None, "reason": "order_expired"}
+            assert await chain.nonce(5) == 0
             await b.aclose()
 
     asyncio.run(go())
