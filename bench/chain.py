@@ -29,6 +29,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skip-four", action="store_true", help="only the single-validator setting")
     p.add_argument("--skip-one", action="store_true", help="only the four-validator setting")
     p.add_argument("--block-time", type=float, default=1.0)
+    p.add_argument("--four-workers", type=int, default=1, help="signature-check processes per validator in (b)")
     p.add_argument("--four-max-block-txs", type=int, default=5000,
                    help="block cap with four validators on one machine (a block must validate within a slot)")
     p.add_argument("--backend", choices=("bundled", "evm"), default="bundled",
@@ -141,7 +143,12 @@ class Network:
                 [sys.executable, "-m", "gateway.cli", "validator", "run", "--genesis", str(gpath), "--key", str(key),
                  "--data", str(tmp / f"node{i}"), "--p2p", f"127.0.0.1:{ports[i]}", "--peers", peers,
                  "--rpc", f"127.0.0.1:{ports[n + i]}", "--workers", str(workers),
-                 "--max-block-txs", str(max_block_txs)], stdout=logf, stderr=logf))
+                 "--max-block-txs", str(max_block_txs)],
+                stdout=logf, stderr=logf))
+
+    @property
+    def pids(self) -> list[int]:
+        return [p.pid for p in self.procs]
 
     def close(self) -> None:
         for p in self.procs:
@@ -161,8 +168,46 @@ async def _rpc(session: Any, url: str, method: str, params: list[Any]) -> Any:
     return body["result"]
 
 
+def _proc_cpu(pid: int) -> float:
+    """CPU seconds (user + system) of one process, from /proc."""
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read()
+    fields = st[st.rfind(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def cpu_sample(roots: Sequence[int]) -> tuple[float, float] | None:
+    """(CPU seconds used so far by ``roots`` and their child processes, busy CPU seconds of the whole
+    machine): read at both ends of the window, they show how much of the machine the validators
+    had and what each final fill cost them, whatever else was running. None without /proc."""
+    try:
+        kids: dict[int, list[int]] = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        st = f.read()
+                except OSError:
+                    continue
+                kids.setdefault(int(st[st.rfind(")") + 2:].split()[1]), []).append(int(name))
+        total, todo = 0.0, list(roots)
+        while todo:
+            pid = todo.pop()
+            try:
+                total += _proc_cpu(pid)
+            except OSError:
+                continue
+            todo.extend(kids.get(pid, ()))
+        with open("/proc/stat") as f:
+            cpu = [int(x) for x in f.readline().split()[1:]]
+        busy = (sum(cpu) - cpu[3] - cpu[4]) / os.sysconf("SC_CLK_TCK")   # all but idle and iowait
+        return total, busy
+    except OSError:  # pragma: no cover - not Linux
+        return None
+
+
 async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]], seconds: float,
-                window: int) -> dict[str, Any]:
+                window: int, pids: Sequence[int] = ()) -> dict[str, Any]:
     import aiohttp
     submit_t: dict[bytes, float] = {}
     final_t: dict[bytes, float] = {}
@@ -209,12 +254,16 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
                 i += step
 
         poller = asyncio.create_task(poll())
+        cpu0 = cpu_sample(pids)
         t0 = time.perf_counter()
         t_end = t0 + seconds
         conc = 2 * len(urls)
         await asyncio.gather(*(submitter(k, conc) for k in range(conc)))
         submitted_by_end = len(submit_t)
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
+        cpu1 = cpu_sample(pids)
+        t1 = time.perf_counter()
+        final_by_t1 = sum(1 for t in final_t.values() if t <= t1)
         final_in_window = sum(1 for h, t in final_t.items() if t <= t_end)
         # drain: let what was submitted finish, for the latency figures
         drain_end = time.perf_counter() + 15
@@ -230,7 +279,12 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
     def pct(xs: list[float], p: float) -> float | None:
         return round(xs[min(len(xs) - 1, int(p * len(xs)))], 3) if xs else None
 
-    return {"fills_final_per_s": round(final_in_window / seconds, 1), "submitted": submitted_by_end,
+    cpu: dict[str, Any] = {}
+    if cpu0 is not None and cpu1 is not None and pids:
+        used, busy, dt = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], t1 - t0
+        cpu = {"validators_cpu_cores": round(used / dt, 2), "machine_busy_cores": round(busy / dt, 2),
+               "validators_cpu_us_per_fill": round(1e6 * used / final_by_t1, 1) if final_by_t1 else None}
+    return {"fills_final_per_s": round(final_in_window / seconds, 1), **cpu, "submitted": submitted_by_end,
             "final": len(final_t), "seconds": seconds, "blocks": len(seen),
             "block_interval_mean_s": round(statistics.mean(gaps), 3) if gaps else None,
             "block_interval_p99_s": pct(sorted(gaps), 0.99),
@@ -276,17 +330,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return _four(args, out, rec, cores, bodies, hashes)
         net = Network(Path(d), 1, args.accounts, args.block_time, workers=cores)
         try:
-            one = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window))
+            one = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window, net.pids))
         finally:
             net.close()
     log(f"  {one['fills_final_per_s']:,.0f} fills final/s; blocks every {one['block_interval_mean_s']} s "
         f"(p99 {one['block_interval_p99_s']}); latency p50 {one['latency_p50_s']} s, p99 {one['latency_p99_s']} s")
     log(f"  node time per stage (s): {one['node_timing_s']}")
+    _log_cpu(one)
     out.update({"value": one["fills_final_per_s"], "bound": round(bound1, 1),
                 "ratio": round(one["fills_final_per_s"] / bound1, 3), "one_validator": one})
     if not args.skip_four:
         _four(args, out, rec, cores, bodies, hashes)
     return out
+
+
+def _log_cpu(r: dict[str, Any]) -> None:
+    if "validators_cpu_cores" in r:
+        log(f"  validators used {r['validators_cpu_cores']} cores ({r['validators_cpu_us_per_fill']} us of CPU per "
+            f"final fill); the whole machine was busy {r['machine_busy_cores']} cores")
 
 
 def _four(args: argparse.Namespace, out: dict[str, Any], rec: float, cores: int, bodies: list[bytes],
@@ -295,10 +356,10 @@ def _four(args: argparse.Namespace, out: dict[str, Any], rec: float, cores: int,
         bound4 = rec * cores / (SIGS_PER_FILL * 4)
         log(f"(b) four validators on this machine over loopback, {args.seconds:.0f} s of load...")
         with tempfile.TemporaryDirectory() as d:
-            net = Network(Path(d), 4, args.accounts, args.block_time, workers=1,
+            net = Network(Path(d), 4, args.accounts, args.block_time, workers=args.four_workers,
                           max_block_txs=args.four_max_block_txs)
             try:
-                four = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window))
+                four = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window, net.pids))
             finally:
                 net.close()
         four.update({"bound": round(bound4, 1), "ratio": round(four["fills_final_per_s"] / bound4, 3),
@@ -307,6 +368,7 @@ def _four(args: argparse.Namespace, out: dict[str, Any], rec: float, cores: int,
             f"{four['block_interval_mean_s']} s (p99 {four['block_interval_p99_s']}); latency p50 "
             f"{four['latency_p50_s']} s, p99 {four['latency_p99_s']} s")
         log(f"  node 0 time per stage (s): {four['node_timing_s']}")
+        _log_cpu(four)
         four["max_block_txs_cap"] = args.four_max_block_txs
         out["four_validators"] = four
     return out
