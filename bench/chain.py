@@ -15,7 +15,9 @@ window, block interval (seen) mean and p99, submit-to-final latency p50/p99.
 The same run measures raw secp256k1 public-key recovery per core; each figure's
 bound = recoveries/s x cores / (2 signatures per fill x validators sharing
 the machine). The submitter keeps at most ``--window`` fills submitted but not
-final (a client that does not outrun finality without bound).
+final (a client that does not outrun finality without bound). Over the window it
+also reads from /proc the CPU the validators' process trees used and how busy
+the whole machine was: on a shared machine that says how much of it a run had.
 """
 
 from __future__ import annotations
