@@ -37,6 +37,7 @@ class HeldProposals:
         self.folder.mkdir(parents=True, exist_ok=True)
         self.writes: dict[tuple[int, int, bytes], asyncio.Future[None]] = {}  # (height, round, hash) -> write
         self.files: dict[Path, int] = {}                       # file -> height
+        self.pruned = -1                                       # highest committed height pruned
 
     def _path(self, height: int, round: int, block_hash: bytes) -> Path:
         return self.folder / f"{height:012d}-{round:06d}-{block_hash.hex()[:16]}.prop"
@@ -68,8 +69,19 @@ class HeldProposals:
         path = self._path(height, round, block_hash)
         self.files[path] = height
         fut = asyncio.ensure_future(asyncio.to_thread(replace_durably, path, payload))
+        fut.add_done_callback(lambda f: self._written(f, path, height))
         self.writes[key] = fut
         return fut
+
+    def _written(self, fut: asyncio.Future[None], path: Path, height: int) -> None:
+        if fut.cancelled():
+            return
+        exc = fut.exception()
+        if exc is not None:   # the precommit that waits for it is not signed (node.py counts it)
+            log.error("held proposal %s not written: %r", path.name, exc)
+        elif height <= self.pruned:   # its height was committed while it was being written
+            self.files.pop(path, None)
+            path.unlink(missing_ok=True)
 
     def mark_durable(self, height: int, round: int, block_hash: bytes) -> None:
         """A proposal replayed from this folder is on disk already."""
@@ -78,7 +90,9 @@ class HeldProposals:
         self.writes.setdefault((height, round, block_hash), fut)
 
     def prune(self, height: int) -> None:
-        """The block at ``height`` is committed: held proposals up to it are no longer needed."""
+        """The block at ``height`` is committed: held proposals up to it are no longer needed (one
+        still being written is deleted when its write finishes)."""
+        self.pruned = max(self.pruned, height)
         for p in [p for p, h in self.files.items() if h <= height]:
             del self.files[p]
             try:
