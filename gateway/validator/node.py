@@ -1,19 +1,22 @@
 """A validator node: wires consensus, the vote log, the mempool, P2P, storage and JSON-RPC.
 
-Everything runs on one asyncio loop; signature checks run in a process pool
-(``Verifier``). The consensus machine (consensus.py) is pure: this module turns
-frames and timers into its events and carries out its actions:
+Everything runs on one asyncio loop; signature checks run in worker processes or
+on the loop between other work (verifier.py), and txs come in through intake.py.
+The consensus machine (consensus.py) is pure: this module turns frames and timers
+into its events and carries out its actions:
 
 - ``Propose``: build a block from the mempool (``build_block``) or re-propose the
   valid value, sign the proposal (vote log first), broadcast header + txs;
 - ``SignVote``: sign through ``Signer`` (appended and fsync'd before it is sent),
-  broadcast, and feed it back to the machine;
+  broadcast, and feed it back to the machine; a precommit only once the proposal
+  it locks on is on disk (held.py), so a restart never finds a lock without its block;
 - ``Schedule``: a loop timer; ``Decide``: store the commit certificate, then the
   block (one SQLite transaction), drop its txs from the mempool, wake waiters;
 - ``Equivocation``: counted, evidence kept.
 
 Followers validate a proposal with ``execute_block`` over transactions already
-verified at intake (the mempool), verifying only the missing ones. A node that
+verified at intake (the mempool), awaiting the ones still in their intake check
+and checking only the others, urgently. A node that
 is behind (STATUS from a peer ahead, or messages for a later height) fetches
 final blocks with their certificates (GET_BLOCKS / BLOCK), checks the
 certificate and re-executes each block before committing it.
@@ -47,8 +50,8 @@ from .mempool import Mempool
 from .verifier import Verifier, VerifyJob
 from .state import get_account
 from .storage import SqliteStore
-from .tx import HEADER as TX_HEAD
-from .tx import MAX_TX_SIZE, VerifiedTx
+from .tx import VerifiedTx
+from .intake import TX_GOSSIP_CHUNK, Intake, decode_txs, encode_txs
 from .txlog import TxLog
 from .votes import (PRECOMMIT, PROPOSAL, VOTE_SIZE, Certificate, ConsensusError, Signer, Vote, VoteLog, check_vote,
                     decode_certificate, decode_vote, verify_certificate)
@@ -66,12 +69,10 @@ CERT_SCHEMA = (
     )""",
 )
 SYNC_BATCH = 16
-TX_GOSSIP_CHUNK = 4096
 INTAKE_LOG_COMPACT_BYTES = 32 * 1024 * 1024   # rewrite the intake log (pending txs only) beyond this
 FAULT_ENV = "METANOIA_VALIDATOR_FAULT"   # tests only: "precommit@H" / "commit@H" exits with FAULT_EXIT there
 FAULT_EXIT = 77
 NONCE_CACHE_MAX = 200_000
-RELAY_BACKLOG = 100_000                      # txs from peers in checking before their connections wait
 
 
 @dataclass(frozen=True)
@@ -124,45 +125,12 @@ class Tip:
 
 
 @dataclass(frozen=True)
-class _Intake:
-    """Txs between ``Node._admit`` and ``Node._finish_intake``: ``todo`` indexes the ones being checked."""
-    raws: list[bytes]
-    hashes: list[bytes]
-    results: list[bytes | str]
-    todo: list[int]
-    job: VerifyJob
-
-
-@dataclass(frozen=True)
 class Candidate:
     """A block this node built or executed at the current height, ready to commit."""
     block: Block
     result: BlockResult
     verified: tuple[VerifiedTx, ...]
     hashes: frozenset[bytes]
-
-
-def encode_txs(raws: list[bytes]) -> bytes:
-    return _U32.pack(len(raws)) + b"".join(_U32.pack(len(r)) + r for r in raws)
-
-
-def decode_txs(data: bytes) -> list[bytes]:
-    if len(data) < 4:
-        raise DecodeError("truncated", "txs count")
-    (n,) = _U32.unpack_from(data, 0)
-    off, out = 4, []
-    for _ in range(n):
-        if off + 4 > len(data):
-            raise DecodeError("truncated", "tx length")
-        (ln,) = _U32.unpack_from(data, off)
-        off += 4
-        if ln > MAX_TX_SIZE or off + ln > len(data):
-            raise DecodeError("bad_length", "tx body")
-        out.append(data[off:off + ln])
-        off += ln
-    if off != len(data):
-        raise DecodeError("bad_length", "trailing bytes")
-    return out
 
 
 class Node:
@@ -186,7 +154,6 @@ class Node:
         self.tip = Tip(self.store, self.committing)
         self.nonces: dict[bytes, int] = {}                 # account nonces at the tip (see _nonce_of)
         self.deferred_propose: Propose | None = None
-        self._compacting = False
         self.signer = Signer(cfg.key, g.chain_id, self.vote_log)
         bt = cfg.block_time if cfg.block_time is not None else g.block_time_ms / 1000
         self.block_time = bt
@@ -202,9 +169,7 @@ class Node:
         self.validating: dict[bytes, asyncio.Future[Candidate | None]] = {}
         self.future_props: dict[tuple[int, int], bytes] = {}
         self.seen_votes: set[tuple[bytes, tuple[int, int, int], bytes]] = set()
-        self.inflight: dict[bytes, tuple[VerifyJob, int]] = {}   # tx hash -> its intake check, not done yet
-        self.relaying = 0                                   # txs from peers still being checked
-        self.relay_room = asyncio.Event()
+        self.intake = Intake(self)
         self.waiters: dict[bytes, list[asyncio.Future[None]]] = {}
         self.evidence: deque[tuple[Vote, Vote]] = deque(maxlen=100)
         self.sync_asked = 0.0
@@ -463,9 +428,9 @@ class Node:
                     w.set_result(None)
         if h.height % 256 == 0:
             self.vote_log.compact(h.height)
-        if self.txlog.size > INTAKE_LOG_COMPACT_BYTES and not self._compacting:
-            self._compacting = True
-            self.tasks.append(asyncio.create_task(self._compact_txlog()))
+        if self.txlog.size > INTAKE_LOG_COMPACT_BYTES and not self.intake.compacting:
+            self.intake.compacting = True
+            self.tasks.append(asyncio.create_task(self.intake.compact_log()))
         self.head_changed.set()
         self.head_changed = asyncio.Event()
         a = self.deferred_propose
@@ -504,7 +469,7 @@ class Node:
             waits: dict[int, tuple[VerifyJob, list[tuple[int, int]]]] = {}
             fresh: list[int] = []
             for i in missing:
-                got = self.inflight.get(hashes[i])
+                got = self.intake.inflight.get(hashes[i])
                 if got is None:
                     fresh.append(i)
                 else:
@@ -556,7 +521,7 @@ class Node:
             if mtype == p2p.VOTE:
                 self._on_vote(peer, payload)
             elif mtype == p2p.TXS:
-                await self._on_txs(decode_txs(payload))
+                await self.intake.on_txs(decode_txs(payload))
             elif mtype == p2p.PROPOSAL:
                 await self._on_proposal(peer, payload)
             elif mtype == p2p.STATUS:
@@ -709,99 +674,12 @@ class Node:
                     if h == m.height and pv.signer == self.address:
                         self.net.broadcast(p2p.PROPOSAL, pv.encode() + raw)
 
-    # ---- intake ------------------------------------------------------------------------------
-
-    async def _compact_txlog(self) -> None:
-        try:
-            await self.txlog.compact([v.raw for v in self.mempool.pending.values()])
-            self.count("intake_log_compactions")
-        finally:
-            self._compacting = False
-
-    async def _on_txs(self, raws: list[bytes]) -> None:
-        """Txs relayed by a peer: checked off this connection's read loop, so a vote or proposal behind
-        them on the same connection is not held up by their signature checks. Beyond ``RELAY_BACKLOG``
-        txs in checking, the read loop waits (backpressure on the peer)."""
-        while self.relaying > RELAY_BACKLOG:
-            self.relay_room.clear()
-            await self.relay_room.wait()
-        intake = self._admit(raws)
-        self.relaying += len(raws)
-        task = asyncio.create_task(self._finish_intake(intake, gossip=False, log_intake=False))
-        n = len(raws)
-        task.add_done_callback(lambda _t: self._relayed(n))
-
-    def _relayed(self, n: int) -> None:
-        self.relaying -= n
-        if self.relaying <= RELAY_BACKLOG:
-            self.relay_room.set()
+    # ---- intake (intake.py) -------------------------------------------------------------------
 
     async def submit(self, raws: list[bytes], gossip: bool = True, log_intake: bool | None = None) -> list[bytes | str]:
-        """Raw txs in: each result is the tx hash (accepted now or known already) or a rejection reason.
-
-        From clients (``gossip``, the RPC path) the newly accepted txs are relayed to the peers and
-        appended to the intake log, and this returns only once they are fsync'd there: "accepted"
-        means durably queued at this node. Txs relayed by peers are not logged here (their
-        accepting node holds them)."""
-        return await self._finish_intake(self._admit(raws), gossip, gossip if log_intake is None else log_intake)
-
-    def _admit(self, raws: list[bytes]) -> _Intake:
-        """Synchronous first half of intake: hash, drop what is known, start the checks of the rest
-        (registered in ``inflight`` at once, so a proposal arriving next finds them)."""
-        t0 = time.perf_counter()
-        hashes = [keccak256(r) for r in raws]
-        results: list[bytes | str] = [b""] * len(raws)
-        todo: list[int] = []
-        batch: set[bytes] = set()
-        inflight = self.inflight
-        for i, h in enumerate(hashes):
-            if h in self.mempool.pending or h in inflight or h in batch or self._maybe_final(raws[i], h):
-                results[i] = h
-            else:
-                todo.append(i)
-                batch.add(h)
-        job = self.verifier.start([raws[i] for i in todo])
-        for k, i in enumerate(todo):
-            inflight[hashes[i]] = (job, k)
-        self._time("intake", t0)
-        return _Intake(raws, hashes, results, todo, job)
-
-    async def _finish_intake(self, it: _Intake, gossip: bool, log_intake: bool) -> list[bytes | str]:
-        try:
-            vs = await it.job.result()
-        finally:
-            for i in it.todo:
-                self.inflight.pop(it.hashes[i], None)
-        t0 = time.perf_counter()
-        results, hashes = it.results, it.hashes
-        fresh: list[bytes] = []
-        for i, v in zip(it.todo, vs):
-            if isinstance(v, DecodeError):
-                self.mempool.reject(hashes[i], v.reason)
-                results[i] = v.reason
-                continue
-            err = self.mempool.add(v)
-            results[i] = err or v.hash
-            if err is None:
-                fresh.append(v.raw)
-        if gossip and fresh and self.net.peers:
-            # relayed now, before the answer: the frames reach the peers' sockets while the log's fsync
-            # runs, so a node killed right after answering has already passed the tx on
-            for i in range(0, len(fresh), TX_GOSSIP_CHUNK):
-                self.net.broadcast(p2p.TXS, encode_txs(fresh[i:i + TX_GOSSIP_CHUNK]))
-        self._time("intake", t0)
-        if log_intake and fresh:
-            await self.txlog.append(fresh)
-        return results
-
-    def _maybe_final(self, raw: bytes, h: bytes) -> bool:
-        """Is this tx already in a committed block? Only a tx whose nonce the account has used can be,
-        so the receipt index is read only then (the sender and nonce sit at fixed offsets)."""
-        if len(raw) >= TX_HEAD.size:
-            _t, _c, sender, nonce = TX_HEAD.unpack_from(raw, 0)
-            if nonce >= self._nonce_of(sender):
-                return False
-        return self.store.receipt(h) is not None or any(h in c.hashes for c in self.committing)
+        """Raw txs in: each result is the tx hash (accepted now or known already) or a rejection reason
+        (``Intake.submit``)."""
+        return await self.intake.submit(raws, gossip, log_intake)
 
     # ---- queries (rpc.py) ----------------------------------------------------------------------
 
@@ -812,7 +690,7 @@ class Node:
         for cand in (*self.committing, *self.blocks.values()):
             if h in cand.hashes:
                 return {"status": "included", "height": cand.block.header.height, "reason": None}
-        if h in self.mempool.pending or h in self.inflight:
+        if h in self.mempool.pending or h in self.intake.inflight:
             return {"status": "pending", "height": None, "reason": None}
         reason = self.mempool.rejected.get(h)
         if reason is not None:
