@@ -52,6 +52,7 @@ from .state import get_account
 from .storage import SqliteStore
 from .tx import VerifiedTx
 from .intake import TX_GOSSIP_CHUNK, Intake, decode_txs, encode_txs
+from .tip import Candidate, Tip
 from .txlog import TxLog
 from .votes import (PRECOMMIT, PROPOSAL, VOTE_SIZE, Certificate, ConsensusError, Signer, Vote, VoteLog, check_vote,
                     decode_certificate, decode_vote, verify_certificate)
@@ -89,48 +90,6 @@ class NodeConfig:
     debug_rpc: bool = False                # debug_* methods (fault injection for tests)
     clock: Callable[[], float] = time.time  # block time stamps and the future check (simulations: a sim clock)
     limits: Limits = field(default_factory=lambda: Limits())
-
-
-class Tip:
-    """What the next block builds on: the durable store plus the decided blocks still being written
-    (oldest first). With nothing in flight it reads exactly the store."""
-
-    def __init__(self, store: SqliteStore, committing: deque[Candidate]) -> None:
-        self.store = store
-        self.committing = committing
-
-    def get(self, key: bytes) -> bytes | None:
-        for cand in reversed(self.committing):
-            w = cand.result.writes
-            if key in w:
-                return w[key]
-        return self.store.get(key)
-
-    @property
-    def head(self) -> Header:
-        return self.committing[-1].block.header if self.committing else self.store.head
-
-    @property
-    def accumulator(self) -> int:
-        return self.committing[-1].result.accumulator if self.committing else self.store.accumulator
-
-    def header_at(self, height: int) -> Header | None:
-        for cand in self.committing:
-            if cand.block.header.height == height:
-                return cand.block.header
-        return self.store.header_at(height)
-
-    def prefetch(self, keys: list[bytes]) -> None:
-        self.store.prefetch(keys)
-
-
-@dataclass(frozen=True)
-class Candidate:
-    """A block this node built or executed at the current height, ready to commit."""
-    block: Block
-    result: BlockResult
-    verified: tuple[VerifiedTx, ...]
-    hashes: frozenset[bytes]
 
 
 class Node:
