@@ -1,4 +1,5 @@
-"""One short market day on the real components, shared by the read-model tests (module scope per test file).
+"""One short market day on the real components, for the read-model tests: one per module that changes it
+(``day``), one shared by the modules that only read it (``shared_day``, package scope).
 
 Three households (two with PV, one without) with signing devices (the firmware's
 reading format, P-256 signatures) publish through a real Mosquitto to the real
@@ -65,6 +66,17 @@ def _wait(cond: Any, timeout: float = 90.0) -> None:  # an upper bound for a loa
 
 @pytest.fixture(scope="module")
 def day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day]:
+    """A day of the module's own, for a module that changes it (orders, policies, a revoked meter)."""
+    yield from _market_day(tmp_path_factory)
+
+
+@pytest.fixture(scope="package")
+def shared_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day]:
+    """One day for the modules that only read it (they ask for ``day`` and get this one)."""
+    yield from _market_day(tmp_path_factory)
+
+
+def _market_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day]:
     folder = tmp_path_factory.mktemp("complex")
     kst_midnight = (int(time.time()) + 9 * 3600) // 86400 * 86400 - 9 * 3600
     start = kst_midnight - 2 * 86400 + 11 * 3600          # 11:00 KST two days ago: PV, and in the wall clock's past

@@ -16,6 +16,12 @@ from .conftest import Day
 NS = {"s": "http://www.w3.org/2000/svg"}
 
 
+@pytest.fixture(scope="module")
+def day(shared_day: Day) -> Day:
+    """This module only reads the market day: the one the read-only modules share."""
+    return shared_day
+
+
 def bars(svg: ET.Element, series: str) -> list[ET.Element]:
     for g in svg.findall("s:g", NS):
         t = g.find("s:title", NS)

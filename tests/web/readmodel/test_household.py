@@ -16,6 +16,12 @@ from gateway.web.readmodel import ReadModelError, household_view, to_json
 from .conftest import GRID, HOUSES, Day
 
 
+@pytest.fixture(scope="module")
+def day(shared_day: Day) -> Day:
+    """This module only reads the market day: the one the read-only modules share."""
+    return shared_day
+
+
 def view(day: Day, h: str):
     return asyncio.run(household_view(day.cx, h, day.now))
 

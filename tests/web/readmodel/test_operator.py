@@ -8,10 +8,18 @@ import dataclasses
 import socket
 import time
 
+import pytest
+
 from gateway.db import connect
 from gateway.web.readmodel import Sources, chain_view, operator_view, to_json
 
 from .conftest import GRID, HOUSES, Day
+
+
+@pytest.fixture(scope="module")
+def day(shared_day: Day) -> Day:
+    """This module only reads the market day: the one the read-only modules share."""
+    return shared_day
 
 
 def test_devices_show_state_fw_last_reading_and_rejections(day: Day) -> None:
