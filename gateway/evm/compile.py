@@ -82,7 +82,7 @@ def compile_contracts(force: bool = False) -> dict[str, dict[str, Any]]:
                                "deployedBytecode": "0x" + c["evm"]["deployedBytecode"]["object"],
                                "solc": result["version"]}
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_path.with_suffix(".tmp")
+    tmp = out_path.with_suffix(f".{os.getpid()}.tmp")   # one per process: two workers never share one
     tmp.write_text(json.dumps(artefacts))
     tmp.replace(out_path)  # atomic: parallel test workers never read half a file
     return artefacts
