@@ -7,8 +7,10 @@ The real mpremote, and so ``metanoia device flash|provision|configure``, run
 against ``board.port`` exactly as against a USB serial port. What differs from a
 real board: ``machine.reset()`` reboots Python (modules and globals go, the file
 system and the chip stay) but never runs ``main.py`` (the device loop needs a
-network this board does not have), and raw-paste mode is declined (mpremote
-then uses the plain raw REPL, which every MicroPython has).
+network this board does not have). Raw-paste mode (Ctrl-E "A" Ctrl-A) is
+answered as MicroPython 1.14+ answers it: "R\x01", the window size, a Ctrl-A
+for each window of code consumed, Ctrl-D to acknowledge the end; mpremote then
+writes code without the plain raw REPL's 10 ms pause per 256 bytes.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from __future__ import annotations
 import os
 import re
 import select
+import struct
 import threading
 import tty
 from pathlib import Path
@@ -26,6 +29,7 @@ from hil.mp_session import NodeSession
 BOARD_LIB = HIL / "emulated_board"
 BANNER = b"MicroPython v1.27.0 on emulated board; ESP32 module with ESP32\r\nType \"help()\" for more information.\r\n>>> "
 RAW_PROMPT = b"raw REPL; CTRL-B to exit\r\n>"
+PASTE_WINDOW = 256     # bytes of code the host may send before it waits for a Ctrl-A (MicroPython's stdin buffer)
 # A soft reboot forgets Python state; the hardware (machine, esp32 and the models
 # behind them: chip, meter, flash) stays.
 REBOOT = """import sys
@@ -63,6 +67,7 @@ class RawReplBoard:
         self.execs = 0
         self.resets = 0
         self._raw = False
+        self._paste: int | None = None     # raw-paste mode: bytes of code received so far
         self._buf = bytearray()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._serve, name="raw-repl-board", daemon=True)
@@ -102,16 +107,27 @@ class RawReplBoard:
                 self._reboot(hard=False)
                 self._out(b"MPY: soft reboot\r\n" + BANNER)
             return
+        if self._paste is not None:             # raw-paste mode: code until Ctrl-D, a Ctrl-A per window
+            if b == 0x04:
+                self._paste = None
+                code = self._buf.decode("utf-8", "replace")
+                self._buf.clear()
+                self._out(b"\x04")
+                self._run(code)
+                return
+            self._buf.append(b)
+            self._paste += 1
+            if self._paste % PASTE_WINDOW == 0:
+                self._out(b"\x01")
+            return
         if b == 0x02:                           # Ctrl-B: friendly REPL
             self._raw = False
             self._out(b"\r\n" + BANNER)
         elif b == 0x03:
             self._buf.clear()
-        elif b == 0x05 and not self._buf:       # raw-paste request: declined
+        elif b == 0x05 and not self._buf:       # raw-paste request: "A", Ctrl-A follow
             self._pending_paste = True
         elif b == 0x04:
-            if self._buf[:2] == b"A\x01" and getattr(self, "_pending_paste", False):
-                self._buf = self._buf[2:]
             self._pending_paste = False
             if not self._buf:                   # Ctrl-D on an empty line: soft reboot
                 self._reboot(hard=False)
@@ -126,7 +142,8 @@ class RawReplBoard:
             if getattr(self, "_pending_paste", False) and self._buf == b"A\x01":
                 self._buf.clear()
                 self._pending_paste = False
-                self._out(b"R\x00")
+                self._paste = 0
+                self._out(b"R\x01" + struct.pack("<H", PASTE_WINDOW))
 
     def _serve(self) -> None:
         while not self._stop.is_set():
