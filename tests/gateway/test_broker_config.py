@@ -598,8 +598,10 @@ def test_a_device_that_trusts_another_ca_or_has_no_credential_never_connects(cx:
         for sim in (untrusting, unknown):
             clock.advance(60)
             sim.device.sample()
-        wait_for(lambda: untrusting.device.counters["connect_failures"] >= 1
-                 and unknown.device.counters["connect_failures"] >= 1, [untrusting, unknown], 15)
+        # Wait for the evidence itself: on a loaded machine a first attempt can time out
+        # waiting for the CONNACK before the broker's refusal arrives; the device retries.
+        wait_for(lambda: any("CERTIFICATE_VERIFY_FAILED" in w for w in why["untrusting"])
+                 and any("MQTTException" in w for w in why["unknown"]), [untrusting, unknown], 60)
         assert untrusting.device.counters["connects"] == unknown.device.counters["connects"] == 0
         assert untrusting.device.counters["connect_failures"] >= 1
         assert unknown.device.counters["connect_failures"] >= 1
