@@ -22,7 +22,7 @@ def mp():
     return micropython_node.run
 
 
-# ``./dev test`` runs the suite on two pytest-xdist workers (``--dist loadfile``). Each test file goes
+# ``./dev test -n 2 --dist loadfile``: two pytest-xdist workers. Each test file goes
 # whole to one worker, so a module-scoped fixture is built once; a package whose conftest holds a
 # package-scoped fixture (the anchoring rig, the read-model's shared market day) goes whole to one
 # worker too.
