@@ -35,6 +35,10 @@ NOT_INITIALISED = "not_initialised"
 NOT_NEXT_BLOCK = "not_next_block"
 ROOT_MISMATCH = "root_mismatch"
 GENESIS_MISMATCH = "genesis_mismatch"
+OLD_LAYOUT = "old_layout"
+
+LAYOUT = 2            # chain_meta 'layout': 1 (unrecorded) = receipts keyed by tx hash; 2 = receipts appended
+_POS_BITS = 20        # receipt id = height << 20 | position (MAX_BLOCK_TXS is 20,000)
 
 
 class ChainStore(Protocol):
@@ -121,10 +125,18 @@ SCHEMA = (
         header BLOB NOT NULL,
         block  BLOB NOT NULL          -- the whole encoded block (header + txs)
     )""",
+    # Receipts in block order under an ascending key (height << 20 | position), so a block's receipts
+    # append to the end of the B-tree instead of landing on a random page each; a tx hash is found
+    # through a compact index on its first 8 bytes (rows of ~20 bytes, so a block dirties few pages
+    # of it), the full hash checked against the receipt.
     """CREATE TABLE IF NOT EXISTS chain_receipts (
-        tx_hash BLOB PRIMARY KEY,
-        height  INTEGER NOT NULL,
-        receipt BLOB NOT NULL
+        id      INTEGER PRIMARY KEY,  -- height << 20 | position in the block
+        receipt BLOB NOT NULL         -- 97 bytes, the tx hash first (execute.Receipt)
+    )""",
+    """CREATE TABLE IF NOT EXISTS chain_txindex (
+        k  BLOB NOT NULL,             -- the tx hash's first 8 bytes
+        id INTEGER NOT NULL,          -- chain_receipts.id
+        PRIMARY KEY (k, id)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS chain_meta (
         key   TEXT PRIMARY KEY,
@@ -141,8 +153,10 @@ _SERIES = "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE 
 _INSERT_STATE = _SERIES + ("INSERT OR REPLACE INTO chain_state (key, value) "
                            "SELECT substr(:b, n * :w + 1, :kl), substr(:b, n * :w + :kl + 1, :vl) FROM i")
 _DELETE_STATE = "DELETE FROM chain_state WHERE key IN (" + _SERIES + "SELECT substr(:b, n * :kl + 1, :kl) FROM i)"
-_INSERT_RECEIPTS = _SERIES + ("INSERT INTO chain_receipts (tx_hash, height, receipt) "
-                              "SELECT substr(:b, n * :w + 1, 32), :h, substr(:b, n * :w + 1, :w) FROM i")
+_INSERT_RECEIPTS = _SERIES + ("INSERT INTO chain_receipts (id, receipt) "
+                              "SELECT :base + n, substr(:b, n * :w + 1, :w) FROM i")
+_INSERT_TXINDEX = _SERIES + ("INSERT INTO chain_txindex (k, id) "
+                             "SELECT substr(:b, n * :w + 1, 8), :base + n FROM i")
 
 
 def _statements(block: Block, result: BlockResult, extra: Sequence[tuple[str, tuple[Any, ...]]]
@@ -168,8 +182,10 @@ def _statements(block: Block, result: BlockResult, extra: Sequence[tuple[str, tu
     steps.append(("block", "INSERT INTO chain_blocks (height, hash, header, block) VALUES (?, ?, ?, ?)",
                   (h.height, h.hash, h.encode(), block.encode())))
     if result.receipts:
-        steps.append((None, _INSERT_RECEIPTS, {"b": b"".join(r.encode() for r in result.receipts),
-                                               "n": len(result.receipts), "h": h.height, "w": RECEIPT_SIZE}))
+        rp = {"b": b"".join(r.encode() for r in result.receipts), "n": len(result.receipts),
+              "base": h.height << _POS_BITS, "w": RECEIPT_SIZE}
+        steps.append((None, _INSERT_RECEIPTS, rp))
+        steps.append((None, _INSERT_TXINDEX, rp))
     steps.append(("receipts", "", None))
     steps.append(("meta", "UPDATE chain_meta SET value = ? WHERE key = 'accumulator'",
                   (result.accumulator.to_bytes(ACC_BYTES, "little"),)))
@@ -235,6 +251,11 @@ class SqliteStore:
             meta = dict(self.conn.execute("SELECT key, value FROM chain_meta").fetchall())
         elif meta["genesis"] != genesis.hash:
             raise StorageError(GENESIS_MISMATCH, f"{path} holds another chain")
+        if int.from_bytes(meta.get("layout", b""), "big") != LAYOUT:
+            raise StorageError(OLD_LAYOUT, f"{path} was written with storage layout "
+                               f"{int.from_bytes(meta.get('layout', b''), 'big') or 1}; this validator reads "
+                               f"layout {LAYOUT} only: move the file away and resync the chain from peers "
+                               f"(or run the previous release on it)")
         self._acc = int.from_bytes(meta["accumulator"], "little")
         row = self.conn.execute("SELECT header FROM chain_blocks ORDER BY height DESC LIMIT 1").fetchone()
         self._head = Header.decode(row[0])
@@ -256,8 +277,9 @@ class SqliteStore:
             c.executemany("INSERT INTO chain_state (key, value) VALUES (?, ?)", state.items())
             c.execute("INSERT INTO chain_blocks (height, hash, header, block) VALUES (0, ?, ?, ?)",
                       (g.hash, g.encode(), Block(g, ()).encode()))
-            c.execute("INSERT INTO chain_meta (key, value) VALUES ('genesis', ?), ('accumulator', ?)",
-                      (genesis.hash, accumulate(state.items()).to_bytes(ACC_BYTES, "little")))
+            c.execute("INSERT INTO chain_meta (key, value) VALUES ('genesis', ?), ('accumulator', ?), ('layout', ?)",
+                      (genesis.hash, accumulate(state.items()).to_bytes(ACC_BYTES, "little"),
+                       LAYOUT.to_bytes(1, "big")))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -304,8 +326,11 @@ class SqliteStore:
         return None if row is None else decode_block(row[0])
 
     def receipt(self, tx_hash: bytes) -> Receipt | None:
-        row = self.conn.execute("SELECT receipt FROM chain_receipts WHERE tx_hash = ?", (tx_hash,)).fetchone()
-        return None if row is None else Receipt.decode(row[0])
+        for (raw,) in self.conn.execute("SELECT r.receipt FROM chain_txindex x JOIN chain_receipts r ON r.id = x.id "
+                                        "WHERE x.k = ?", (tx_hash[:8],)):
+            if raw[:32] == tx_hash:
+                return Receipt.decode(raw)
+        return None
 
     def _hook(self, where: str) -> None:
         if self.fault is not None:
@@ -353,6 +378,7 @@ class SqliteStore:
 
     def _open_writer(self) -> None:
         self._wconn = db.connect(self.path)
+        self._wconn.execute("PRAGMA cache_size=-65536")
 
     def _write(self, steps: list[tuple[str | None, str, Any]]) -> None:
         """One transaction, on the writer thread: a handful of statements over packed blobs, each

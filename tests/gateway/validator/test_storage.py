@@ -123,3 +123,33 @@ def test_tampered_accumulator_is_refused_on_open(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as ei:
         SqliteStore(path, GENESIS)
     assert ei.value.reason == "root_mismatch"
+
+
+def test_receipts_whose_hashes_share_the_index_prefix_are_told_apart(tmp_path: Path) -> None:
+    """The tx index is keyed by the first 8 bytes of the hash: a lookup checks the whole hash."""
+    from gateway.validator.block import Block, Header
+    from gateway.validator.execute import BlockResult, Receipt
+    from gateway.validator.tx import FILL
+
+    store = SqliteStore(tmp_path / "c.db", GENESIS)
+    head = store.head
+    prefix = b"\xab" * 8
+    hashes = [prefix + bytes([i]) * 24 for i in (1, 2)]
+    receipts = tuple(Receipt(h, head.height + 1, i, FILL, b"\x05" * 20, b"\x06" * 32) for i, h in enumerate(hashes))
+    hd = Header(head.chain_id, head.height + 1, 0, head.hash, head.proposer, head.timestamp + 1, head.tx_root,
+                head.state_root)
+    store.commit_block(Block(hd, ()), BlockResult(store.accumulator, head.state_root, receipts, {}))
+    assert [store.receipt(h) for h in hashes] == list(receipts)
+    assert store.receipt(prefix + b"\x03" * 24) is None
+    store.close()
+
+
+def test_a_database_of_the_old_layout_is_refused_with_a_clear_reason(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    c = Chain(SqliteStore(path, GENESIS))
+    c.send(2, transfer(3, 5))
+    c.store.conn.execute("DELETE FROM chain_meta WHERE key = 'layout'")   # what layout 1 wrote: no 'layout' row
+    c.store.close()
+    with pytest.raises(StorageError) as ei:
+        SqliteStore(path, GENESIS)
+    assert ei.value.reason == "old_layout" and "layout 1" in str(ei.value)
