@@ -174,12 +174,14 @@ _INSERT_STATE = _SERIES + ("INSERT OR REPLACE INTO chain_state (key, value) "
 _DELETE_STATE = "DELETE FROM chain_state WHERE key IN (" + _SERIES + "SELECT substr(:b, n * :kl + 1, :kl) FROM i)"
 _INSERT_ROWS = _SERIES + ("INSERT INTO chain_rows (id, key, value) "
                           "SELECT :base + n, substr(:b, n * :w + 1, :kl), substr(:b, n * :w + :kl + 1, :vl) FROM i")
-_INSERT_ROWINDEX = _SERIES + ("INSERT INTO chain_rowindex (k, id) SELECT substr(:b, n * :w + 1, 9), :base + n FROM i")
+_INSERT_ROWINDEX = _SERIES + ("INSERT INTO chain_rowindex (k, id) "
+                              f"SELECT substr(:b, n * :w + 1, {_INDEXED}), :base + n FROM i")
 _WRITTEN = _SERIES.rstrip() + ", w(key) AS (SELECT substr(:b, n * :kl + 1, :kl) FROM i) "
 _DELETE_ROWS = ("DELETE FROM chain_rows WHERE id IN (" + _WRITTEN + "SELECT r.id FROM w "
-                "JOIN chain_rowindex x ON x.k = substr(w.key, 1, 9) JOIN chain_rows r ON r.id = x.id AND r.key = w.key)")
+                f"JOIN chain_rowindex x ON x.k = substr(w.key, 1, {_INDEXED}) "
+                "JOIN chain_rows r ON r.id = x.id AND r.key = w.key)")
 _DELETE_ROWINDEX = ("DELETE FROM chain_rowindex WHERE (k, id) IN (" + _WRITTEN + "SELECT x.k, x.id FROM w "
-                    "JOIN chain_rowindex x ON x.k = substr(w.key, 1, 9) "
+                    f"JOIN chain_rowindex x ON x.k = substr(w.key, 1, {_INDEXED}) "
                     "WHERE NOT EXISTS (SELECT 1 FROM chain_rows r WHERE r.id = x.id))")
 _INSERT_RECEIPTS = _SERIES + ("INSERT INTO chain_receipts (id, receipt) "
                               "SELECT :base + n, substr(:b, n * :w + 1, :w) FROM i")
