@@ -12,6 +12,7 @@ root disagree.
 
 from __future__ import annotations
 
+import heapq
 import logging
 import sqlite3
 import threading
@@ -35,6 +36,13 @@ NOT_INITIALISED = "not_initialised"
 NOT_NEXT_BLOCK = "not_next_block"
 ROOT_MISMATCH = "root_mismatch"
 GENESIS_MISMATCH = "genesis_mismatch"
+OLD_LAYOUT = "old_layout"
+
+LAYOUT = 2            # chain_meta 'layout': 1 (unrecorded) = receipts keyed by tx hash; 2 = receipts appended
+_POS_BITS = 20        # receipt id = height << 20 | position (MAX_BLOCK_TXS is 20,000)
+_ROW_BITS = 24        # appended state row id = height << 24 | position (a 32 MiB block writes fewer rows)
+APPENDED = frozenset(b"ESR")   # key prefixes stored in chain_rows (keyed by a fill id: random)
+_INDEXED = 9          # bytes of an appended row's key in its index entry
 
 
 class ChainStore(Protocol):
@@ -115,16 +123,39 @@ SCHEMA = (
         key   BLOB PRIMARY KEY,
         value BLOB NOT NULL
     ) WITHOUT ROWID""",
+    # State rows keyed by a fill id (escrows 'E', settled 'S', reclaimed 'R': random keys, written once)
+    # are appended in block order under an ascending id (height << 24 | position) and found through a
+    # compact index on their first 9 bytes (prefix + 8 bytes of the fill id), the full key checked.
+    # A random-key B-tree of whole rows has a block's rows each dirty a page of its own once the
+    # table outgrows the block; appended rows fill pages in order and the index's rows are ~20 bytes.
+    """CREATE TABLE IF NOT EXISTS chain_rows (
+        id    INTEGER PRIMARY KEY,    -- height << 24 | position among the block's appended rows
+        key   BLOB NOT NULL,
+        value BLOB NOT NULL
+    )""",
+    """CREATE TABLE IF NOT EXISTS chain_rowindex (
+        k  BLOB NOT NULL,             -- the key's first 9 bytes
+        id INTEGER NOT NULL,          -- chain_rows.id
+        PRIMARY KEY (k, id)
+    ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS chain_blocks (
         height INTEGER PRIMARY KEY,
         hash   BLOB NOT NULL UNIQUE,
         header BLOB NOT NULL,
         block  BLOB NOT NULL          -- the whole encoded block (header + txs)
     )""",
+    # Receipts in block order under an ascending key (height << 20 | position), so a block's receipts
+    # append to the end of the B-tree instead of landing on a random page each; a tx hash is found
+    # through a compact index on its first 8 bytes (rows of ~20 bytes, so a block dirties few pages
+    # of it), the full hash checked against the receipt.
     """CREATE TABLE IF NOT EXISTS chain_receipts (
-        tx_hash BLOB PRIMARY KEY,
-        height  INTEGER NOT NULL,
-        receipt BLOB NOT NULL
+        id      INTEGER PRIMARY KEY,  -- height << 20 | position in the block
+        receipt BLOB NOT NULL         -- 97 bytes, the tx hash first (execute.Receipt)
+    )""",
+    """CREATE TABLE IF NOT EXISTS chain_txindex (
+        k  BLOB NOT NULL,             -- the tx hash's first 8 bytes
+        id INTEGER NOT NULL,          -- chain_receipts.id
+        PRIMARY KEY (k, id)
     ) WITHOUT ROWID""",
     """CREATE TABLE IF NOT EXISTS chain_meta (
         key   TEXT PRIMARY KEY,
@@ -141,35 +172,75 @@ _SERIES = "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE 
 _INSERT_STATE = _SERIES + ("INSERT OR REPLACE INTO chain_state (key, value) "
                            "SELECT substr(:b, n * :w + 1, :kl), substr(:b, n * :w + :kl + 1, :vl) FROM i")
 _DELETE_STATE = "DELETE FROM chain_state WHERE key IN (" + _SERIES + "SELECT substr(:b, n * :kl + 1, :kl) FROM i)"
-_INSERT_RECEIPTS = _SERIES + ("INSERT INTO chain_receipts (tx_hash, height, receipt) "
-                              "SELECT substr(:b, n * :w + 1, 32), :h, substr(:b, n * :w + 1, :w) FROM i")
+_INSERT_ROWS = _SERIES + ("INSERT INTO chain_rows (id, key, value) "
+                          "SELECT :base + n, substr(:b, n * :w + 1, :kl), substr(:b, n * :w + :kl + 1, :vl) FROM i")
+_INSERT_ROWINDEX = _SERIES + ("INSERT INTO chain_rowindex (k, id) "
+                              f"SELECT substr(:b, n * :w + 1, {_INDEXED}), :base + n FROM i")
+_WRITTEN = _SERIES.rstrip() + ", w(key) AS (SELECT substr(:b, n * :kl + 1, :kl) FROM i) "
+_DELETE_ROWS = ("DELETE FROM chain_rows WHERE id IN (" + _WRITTEN + "SELECT r.id FROM w "
+                f"JOIN chain_rowindex x ON x.k = substr(w.key, 1, {_INDEXED}) "
+                "JOIN chain_rows r ON r.id = x.id AND r.key = w.key)")
+_DELETE_ROWINDEX = ("DELETE FROM chain_rowindex WHERE (k, id) IN (" + _WRITTEN + "SELECT x.k, x.id FROM w "
+                    f"JOIN chain_rowindex x ON x.k = substr(w.key, 1, {_INDEXED}) "
+                    "WHERE NOT EXISTS (SELECT 1 FROM chain_rows r WHERE r.id = x.id))")
+_INSERT_RECEIPTS = _SERIES + ("INSERT INTO chain_receipts (id, receipt) "
+                              "SELECT :base + n, substr(:b, n * :w + 1, :w) FROM i")
+_INSERT_TXINDEX = _SERIES + ("INSERT INTO chain_txindex (k, id) "
+                             "SELECT substr(:b, n * :w + 1, 8), :base + n FROM i")
 
 
-def _statements(block: Block, result: BlockResult, extra: Sequence[tuple[str, tuple[Any, ...]]]
-                ) -> list[tuple[str | None, str, Any]]:
-    """A block's transaction as (fault-hook name, sql, params) steps. The state rows go in grouped by
-    key and value width, each group as one blob that a recursive CTE slices (one statement per group
-    instead of one step per row); receipts likewise (fixed 97 bytes, the tx hash first)."""
-    h = block.header
-    steps: list[tuple[str | None, str, Any]] = [(None, sql, params) for sql, params in extra]
+def _state_steps(height: int, writes: Mapping[bytes, bytes | None]) -> list[tuple[str | None, str, Any]]:
+    """The statements writing ``writes``: rows grouped by key and value width, each group as one blob
+    that a recursive CTE slices (one statement per group instead of one step per row). Keys with an
+    ``APPENDED`` prefix: every written one is first deleted (with its index entry), the new values
+    are then appended under fresh ids."""
+    steps: list[tuple[str | None, str, Any]] = []
     groups: dict[tuple[int, int], list[bytes]] = {}
+    appended: dict[tuple[int, int], list[bytes]] = {}
     deletes: dict[int, list[bytes]] = {}
-    for k, v in result.writes.items():
-        if v is None:
+    replaced: dict[int, list[bytes]] = {}
+    for k, v in writes.items():
+        if k[0] in APPENDED and len(k) >= _INDEXED:
+            replaced.setdefault(len(k), []).append(k)
+            if v is not None:
+                appended.setdefault((len(k), len(v)), []).append(k + v)
+        elif v is None:
             deletes.setdefault(len(k), []).append(k)
         else:
             groups.setdefault((len(k), len(v)), []).append(k + v)
     for (kl, vl), rows in groups.items():
         steps.append((None, _INSERT_STATE, {"b": b"".join(rows), "n": len(rows), "w": kl + vl, "kl": kl, "vl": vl}))
+    for kl, keys in replaced.items():
+        p = {"b": b"".join(keys), "n": len(keys), "kl": kl}
+        steps.append((None, _DELETE_ROWS, p))
+        steps.append((None, _DELETE_ROWINDEX, p))
+    base = height << _ROW_BITS
+    for (kl, vl), rows in appended.items():
+        p = {"b": b"".join(rows), "n": len(rows), "w": kl + vl, "kl": kl, "vl": vl, "base": base}
+        steps.append((None, _INSERT_ROWS, p))
+        steps.append((None, _INSERT_ROWINDEX, p))
+        base += len(rows)
     steps.append(("state", "", None))
     for kl, keys in deletes.items():
         steps.append((None, _DELETE_STATE, {"b": b"".join(keys), "n": len(keys), "kl": kl}))
     steps.append(("deletes", "", None))
+    return steps
+
+
+def _statements(block: Block, result: BlockResult, extra: Sequence[tuple[str, tuple[Any, ...]]]
+                ) -> list[tuple[str | None, str, Any]]:
+    """A block's transaction as (fault-hook name, sql, params) steps: state rows (``_state_steps``),
+    the block, its receipts (fixed 97 bytes, the tx hash first) with their index, the accumulator."""
+    h = block.header
+    steps: list[tuple[str | None, str, Any]] = [(None, sql, params) for sql, params in extra]
+    steps += _state_steps(h.height, result.writes)
     steps.append(("block", "INSERT INTO chain_blocks (height, hash, header, block) VALUES (?, ?, ?, ?)",
                   (h.height, h.hash, h.encode(), block.encode())))
     if result.receipts:
-        steps.append((None, _INSERT_RECEIPTS, {"b": b"".join(r.encode() for r in result.receipts),
-                                               "n": len(result.receipts), "h": h.height, "w": RECEIPT_SIZE}))
+        rp = {"b": b"".join(r.encode() for r in result.receipts), "n": len(result.receipts),
+              "base": h.height << _POS_BITS, "w": RECEIPT_SIZE}
+        steps.append((None, _INSERT_RECEIPTS, rp))
+        steps.append((None, _INSERT_TXINDEX, rp))
     steps.append(("receipts", "", None))
     steps.append(("meta", "UPDATE chain_meta SET value = ? WHERE key = 'accumulator'",
                   (result.accumulator.to_bytes(ACC_BYTES, "little"),)))
@@ -235,6 +306,11 @@ class SqliteStore:
             meta = dict(self.conn.execute("SELECT key, value FROM chain_meta").fetchall())
         elif meta["genesis"] != genesis.hash:
             raise StorageError(GENESIS_MISMATCH, f"{path} holds another chain")
+        if int.from_bytes(meta.get("layout", b""), "big") != LAYOUT:
+            raise StorageError(OLD_LAYOUT, f"{path} was written with storage layout "
+                               f"{int.from_bytes(meta.get('layout', b''), 'big') or 1}; this validator reads "
+                               f"layout {LAYOUT} only: move the file away and resync the chain from peers "
+                               f"(or run the previous release on it)")
         self._acc = int.from_bytes(meta["accumulator"], "little")
         row = self.conn.execute("SELECT header FROM chain_blocks ORDER BY height DESC LIMIT 1").fetchone()
         self._head = Header.decode(row[0])
@@ -253,11 +329,14 @@ class SqliteStore:
         c = self.conn
         c.execute("BEGIN IMMEDIATE")
         try:
-            c.executemany("INSERT INTO chain_state (key, value) VALUES (?, ?)", state.items())
+            for _, sql, params in _state_steps(0, state):
+                if sql:
+                    c.execute(sql, params)
             c.execute("INSERT INTO chain_blocks (height, hash, header, block) VALUES (0, ?, ?, ?)",
                       (g.hash, g.encode(), Block(g, ()).encode()))
-            c.execute("INSERT INTO chain_meta (key, value) VALUES ('genesis', ?), ('accumulator', ?)",
-                      (genesis.hash, accumulate(state.items()).to_bytes(ACC_BYTES, "little")))
+            c.execute("INSERT INTO chain_meta (key, value) VALUES ('genesis', ?), ('accumulator', ?), ('layout', ?)",
+                      (genesis.hash, accumulate(state.items()).to_bytes(ACC_BYTES, "little"),
+                       LAYOUT.to_bytes(1, "big")))
             c.execute("COMMIT")
         except BaseException:
             c.execute("ROLLBACK")
@@ -267,7 +346,11 @@ class SqliteStore:
         try:
             return self._cache[key]
         except KeyError:
-            row = self.conn.execute("SELECT value FROM chain_state WHERE key = ?", (key,)).fetchone()
+            if key[:1] and key[0] in APPENDED and len(key) >= _INDEXED:
+                row = self.conn.execute("SELECT r.value FROM chain_rowindex x JOIN chain_rows r ON r.id = x.id "
+                                        "WHERE x.k = ? AND r.key = ?", (key[:_INDEXED], key)).fetchone()
+            else:
+                row = self.conn.execute("SELECT value FROM chain_state WHERE key = ?", (key,)).fetchone()
             v = None if row is None else bytes(row[0])
             self._cache[key] = v
             return v
@@ -279,13 +362,26 @@ class SqliteStore:
         if len(cache) + len(todo) > CACHE_MAX:
             cache.clear()
         c = self.conn
-        for i in range(0, len(todo), PREFETCH_CHUNK):
-            part = todo[i:i + PREFETCH_CHUNK]
+        rows = [k for k in todo if k[:1] and k[0] in APPENDED and len(k) >= _INDEXED]
+        plain = [k for k in todo if not (k[:1] and k[0] in APPENDED and len(k) >= _INDEXED)] if rows else todo
+        for i in range(0, len(plain), PREFETCH_CHUNK):
+            part = plain[i:i + PREFETCH_CHUNK]
             for k in part:
                 cache[k] = None
             q = "SELECT key, value FROM chain_state WHERE key IN (" + ",".join("?" * len(part)) + ")"
             for k, v in c.execute(q, part):
                 cache[bytes(k)] = bytes(v)
+        for i in range(0, len(rows), PREFETCH_CHUNK):
+            part = rows[i:i + PREFETCH_CHUNK]
+            wanted = set(part)
+            for k in part:
+                cache[k] = None
+            q = ("SELECT r.key, r.value FROM chain_rowindex x JOIN chain_rows r ON r.id = x.id WHERE x.k IN ("
+                 + ",".join("?" * len(part)) + ")")
+            for k, v in c.execute(q, [k[:_INDEXED] for k in part]):
+                k = bytes(k)
+                if k in wanted:
+                    cache[k] = bytes(v)
 
     @property
     def head(self) -> Header:
@@ -304,8 +400,11 @@ class SqliteStore:
         return None if row is None else decode_block(row[0])
 
     def receipt(self, tx_hash: bytes) -> Receipt | None:
-        row = self.conn.execute("SELECT receipt FROM chain_receipts WHERE tx_hash = ?", (tx_hash,)).fetchone()
-        return None if row is None else Receipt.decode(row[0])
+        for (raw,) in self.conn.execute("SELECT r.receipt FROM chain_txindex x JOIN chain_receipts r ON r.id = x.id "
+                                        "WHERE x.k = ?", (tx_hash[:8],)):
+            if raw[:32] == tx_hash:
+                return Receipt.decode(raw)
+        return None
 
     def _hook(self, where: str) -> None:
         if self.fault is not None:
@@ -353,6 +452,7 @@ class SqliteStore:
 
     def _open_writer(self) -> None:
         self._wconn = db.connect(self.path)
+        self._wconn.execute("PRAGMA cache_size=-65536")
 
     def _write(self, steps: list[tuple[str | None, str, Any]]) -> None:
         """One transaction, on the writer thread: a handful of statements over packed blobs, each
@@ -372,7 +472,9 @@ class SqliteStore:
             raise
 
     def items(self) -> Iterator[tuple[bytes, bytes]]:
-        for k, v in self.conn.execute("SELECT key, value FROM chain_state ORDER BY key"):
+        plain = self.conn.execute("SELECT key, value FROM chain_state ORDER BY key")
+        rows = self.conn.execute("SELECT key, value FROM chain_rows ORDER BY key")
+        for k, v in heapq.merge(plain, rows):
             yield bytes(k), bytes(v)
 
     def close(self) -> None:

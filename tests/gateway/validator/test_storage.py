@@ -123,3 +123,79 @@ def test_tampered_accumulator_is_refused_on_open(tmp_path: Path) -> None:
     with pytest.raises(StorageError) as ei:
         SqliteStore(path, GENESIS)
     assert ei.value.reason == "root_mismatch"
+
+
+def test_receipts_whose_hashes_share_the_index_prefix_are_told_apart(tmp_path: Path) -> None:
+    """The tx index is keyed by the first 8 bytes of the hash: a lookup checks the whole hash."""
+    from gateway.validator.block import Block, Header
+    from gateway.validator.execute import BlockResult, Receipt
+    from gateway.validator.tx import FILL
+
+    store = SqliteStore(tmp_path / "c.db", GENESIS)
+    head = store.head
+    prefix = b"\xab" * 8
+    hashes = [prefix + bytes([i]) * 24 for i in (1, 2)]
+    receipts = tuple(Receipt(h, head.height + 1, i, FILL, b"\x05" * 20, b"\x06" * 32) for i, h in enumerate(hashes))
+    hd = Header(head.chain_id, head.height + 1, 0, head.hash, head.proposer, head.timestamp + 1, head.tx_root,
+                head.state_root)
+    store.commit_block(Block(hd, ()), BlockResult(store.accumulator, head.state_root, receipts, {}))
+    assert [store.receipt(h) for h in hashes] == list(receipts)
+    assert store.receipt(prefix + b"\x03" * 24) is None
+    store.close()
+
+
+def test_a_database_of_the_old_layout_is_refused_with_a_clear_reason(tmp_path: Path) -> None:
+    path = tmp_path / "c.db"
+    c = Chain(SqliteStore(path, GENESIS))
+    c.send(2, transfer(3, 5))
+    c.store.conn.execute("DELETE FROM chain_meta WHERE key = 'layout'")   # what layout 1 wrote: no 'layout' row
+    c.store.close()
+    with pytest.raises(StorageError) as ei:
+        SqliteStore(path, GENESIS)
+    assert ei.value.reason == "old_layout" and "layout 1" in str(ei.value)
+
+
+def _commit_writes(store: SqliteStore, writes: dict[bytes, bytes | None]) -> None:
+    """Commit a block of bare state writes (no txs), the accumulator updated as execution would."""
+    from gateway.validator.block import Block, Header
+    from gateway.validator.execute import BlockResult
+    from gateway.validator.state import update_accumulator
+
+    head = store.head
+    acc = update_accumulator(store.accumulator, store, writes)
+    hd = Header(head.chain_id, head.height + 1, 0, head.hash, head.proposer, head.timestamp + 1, head.tx_root,
+                state_root(acc))
+    store.commit_block(Block(hd, ()), BlockResult(acc, hd.state_root, (), writes))
+
+
+def test_appended_state_rows_sharing_the_index_prefix_are_written_read_replaced_and_deleted(tmp_path: Path) -> None:
+    """Escrow/settled/reclaimed rows live in chain_rows behind a 9-byte index: same-prefix keys stay
+    apart through insert, replace and delete, in the cache, in a fresh store and in prefetch."""
+    path = tmp_path / "c.db"
+    store = SqliteStore(path, GENESIS)
+    mem = MemoryStore(GENESIS)
+    a, b, c = (b"E" + b"\x11" * 8 + bytes([i]) * 24 for i in (1, 2, 3))
+    steps = [{a: b"v1" * 50, b: b"w1" * 50, b"S" + b"\x22" * 32: b"s" * 72},
+             {a: b"v2" * 50},                  # replaced: same width
+             {b: None, a: b"v3" * 51},         # b deleted, a replaced with another width
+             {a: None, c: b"x" * 144}]
+    for w in steps:
+        _commit_writes(store, w)
+        for k, v in w.items():
+            if v is None:
+                mem.state.pop(k, None)
+            else:
+                mem.state[k] = v
+        assert list(store.items()) == sorted(mem.state.items())
+        assert all(store.get(k) == mem.state.get(k) for k in (a, b, c))
+    store.close()
+    again = SqliteStore(path, GENESIS)
+    assert list(again.items()) == sorted(mem.state.items())
+    assert state_root(accumulate(again.items())) == again.head.state_root
+    assert again.get(a) is None and again.get(b) is None and again.get(c) == b"x" * 144
+    again.close()
+    third = SqliteStore(path, GENESIS)
+    third.prefetch([a, b, c, b"E" + b"\x11" * 8 + b"\x04" * 24])
+    assert third._cache[a] is None and third._cache[b] is None and third._cache[c] == b"x" * 144
+    assert third.get(b"E" + b"\x11" * 8 + b"\x04" * 24) is None
+    third.close()
