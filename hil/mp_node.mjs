@@ -6,8 +6,8 @@
 // Output: MicroPython's stdout on our stdout; an uncaught Python exception
 // prints its traceback on stderr and exits with status 1.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
-import { readFileSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
+import { copyTree, mkdirs } from "./mp_fs.mjs";
 
 const req = JSON.parse(readFileSync(0, "utf8"));
 const mp = await loadMicroPython({
@@ -16,25 +16,10 @@ const mp = await loadMicroPython({
   stderr: (s) => process.stderr.write(s + "\n"),
 });
 
-function mkdirs(p) {
-  let cur = "";
-  for (const part of p.split("/").filter(Boolean)) {
-    cur += "/" + part;
-    try { mp.FS.mkdir(cur); } catch (e) { /* exists */ }
-  }
-}
-function copyTree(host, target) {
-  mkdirs(target);
-  for (const name of readdirSync(host)) {
-    if (name === "__pycache__" || name.startsWith(".")) continue;
-    const hp = join(host, name);
-    if (statSync(hp).isDirectory()) copyTree(hp, target + "/" + name);
-    else if (name.endsWith(".py") || name.endsWith(".json")) mp.FS.writeFile(target + "/" + name, readFileSync(hp));
-  }
-}
-for (const [target, host] of Object.entries(req.dirs || {})) copyTree(host, target);
+const firmwareFiles = (name) => name.endsWith(".py") || name.endsWith(".json");
+for (const [target, host] of Object.entries(req.dirs || {})) copyTree(mp, host, target, firmwareFiles);
 for (const [target, content] of Object.entries(req.files || {})) {
-  mkdirs(target.split("/").slice(0, -1).join("/"));
+  mkdirs(mp, target.split("/").slice(0, -1).join("/"));
   mp.FS.writeFile(target, content);
 }
 const prelude = "import sys\n" + (req.path || []).map((p) => `sys.path.insert(0, ${JSON.stringify(p)})\n`).join("");

@@ -8,8 +8,8 @@
 //   {"op": "get", "path": "/x"}              -> {"ok": true, "b64": "..."}
 // and one JSON line back; an exception gives {"ok": false, "out", "error"}.
 import { loadMicroPython } from "@micropython/micropython-webassembly-pyscript";
-import { readFileSync, readdirSync, statSync } from "node:fs";
-import { join } from "node:path";
+import { readFileSync } from "node:fs";
+import { copyTree, mkdirs } from "./mp_fs.mjs";
 import { createInterface } from "node:readline";
 
 const lines = createInterface({ input: process.stdin, crlfDelay: Infinity })[Symbol.asyncIterator]();
@@ -22,24 +22,7 @@ const mp = await loadMicroPython({
   stderr: (s) => out.push(s),
 });
 
-function mkdirs(p) {
-  let cur = "";
-  for (const part of p.split("/").filter(Boolean)) {
-    cur += "/" + part;
-    try { mp.FS.mkdir(cur); } catch (e) { /* exists */ }
-  }
-}
-function copyTree(host, target) {
-  mkdirs(target);
-  for (const name of readdirSync(host)) {
-    if (name === "__pycache__" || name.startsWith(".")) continue;
-    const hp = join(host, name);
-    const tp = (target === "/" ? "" : target) + "/" + name;
-    if (statSync(hp).isDirectory()) copyTree(hp, tp);
-    else mp.FS.writeFile(tp, readFileSync(hp));
-  }
-}
-for (const [target, host] of Object.entries(req.dirs || {})) copyTree(host, target);
+for (const [target, host] of Object.entries(req.dirs || {})) copyTree(mp, host, target);
 mp.runPython("import sys, os\n" + (req.path || []).map((p) => `sys.path.append(${JSON.stringify(p)})\n`).join("")
   + `os.chdir(${JSON.stringify(req.cwd || "/")})\n`);
 process.stdout.write(JSON.stringify({ ok: true, ready: true }) + "\n");
@@ -56,7 +39,7 @@ for (;;) {
       mp.runPython(r.code);
       reply = { ok: true, out: out.join("\n") };
     } else if (r.op === "put") {
-      mkdirs(r.path.split("/").slice(0, -1).join("/"));
+      mkdirs(mp, r.path.split("/").slice(0, -1).join("/"));
       mp.FS.writeFile(r.path, Buffer.from(r.b64, "base64"));
       reply = { ok: true, out: "" };
     } else if (r.op === "get") {
