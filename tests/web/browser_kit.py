@@ -39,6 +39,18 @@ def wait_until(cond: Callable[[], object], timeout: float = 30.0, what: str = "c
         time.sleep(0.05)
 
 
+def publish_meter_step(pub: paho.Client, grid: str, devices: dict[str, SigningDevice], physics: dict, seq: int,
+                       now: int) -> None:
+    """One signed reading per meter at simulated time ``now``: each household's physics moves
+    on, its device signs the counters, and the broker acknowledges the QoS 1 publish."""
+    for h, sd in devices.items():
+        ph = physics[h]
+        ph.advance(now)
+        c = ph.snapshot()
+        msg = sd.reading(seq, now, round(c["import_wh"]), round(c["export_wh"]), round(c["pv_wh"]), round(c["grid_w"]))
+        pub.publish(f"metanoia/{grid}/{sd.device_id.hex()}/tele", msg, qos=1).wait_for_publish(10)
+
+
 def screenshot_dir(tmp: Path) -> Path:
     d = Path(os.environ.get("METANOIA_SCREENSHOTS") or tmp / "screenshots")
     d.mkdir(parents=True, exist_ok=True)

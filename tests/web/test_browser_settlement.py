@@ -31,7 +31,7 @@ from gateway.web.readmodel import Complex, Sources
 from hil.broker import Mosquitto, free_port, wait_port
 from hil.market_rig import DayDriver, House, Market, SharedClock, default_policy
 from hil.physics import Household
-from tests.web.browser_kit import PHONE, screenshot_dir, wait_until
+from tests.web.browser_kit import PHONE, publish_meter_step, screenshot_dir, wait_until
 
 GRID = "oak"
 L = 900
@@ -124,13 +124,7 @@ def test_a_manual_order_is_filled_and_settled(tmp_path: Path) -> None:
                     clock.advance(STEP)
                     now = int(clock.now())
                     seq += 1
-                    for h, sd in devices.items():
-                        ph = physics[h]
-                        ph.advance(now)
-                        c = ph.snapshot()
-                        msg = sd.reading(seq, now, round(c["import_wh"]), round(c["export_wh"]), round(c["pv_wh"]),
-                                         round(c["grid_w"]))
-                        pub.publish(f"metanoia/{GRID}/{sd.device_id.hex()}/tele", msg, qos=1).wait_for_publish(10)
+                    publish_meter_step(pub, GRID, devices, physics, seq, now)
                     wait_until(lambda: conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == seq * 2,
                                timeout=60, what="readings stored")
                 clock.advance(STEP)   # a reading past the last interval's end closes it

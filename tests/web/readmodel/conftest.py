@@ -34,6 +34,7 @@ from gateway.web.readmodel import Complex, Sources
 from hil.broker import Mosquitto
 from hil.market_rig import DayDriver, House, Market, SharedClock, default_policy
 from hil.physics import Household
+from tests.web.browser_kit import publish_meter_step
 
 GRID = "rm"
 L = 900
@@ -112,13 +113,7 @@ def _market_day(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Day]:
             clock.advance(STEP)
             now = int(clock.now())
             seq += 1
-            for h, sd in devices.items():
-                ph = physics[h]
-                ph.advance(now)
-                c = ph.snapshot()
-                msg = sd.reading(seq, now, round(c["import_wh"]), round(c["export_wh"]), round(c["pv_wh"]),
-                                 round(c["grid_w"]))
-                pub.publish(f"metanoia/{GRID}/{sd.device_id.hex()}/tele", msg, qos=1).wait_for_publish(10)
+            publish_meter_step(pub, GRID, devices, physics, seq, now)
             _wait(lambda: conn.execute("SELECT COUNT(*) FROM readings").fetchone()[0] == seq * len(devices))
         # the last interval closes once a reading past its end + grace exists: one more step beyond
         clock.advance(STEP)
