@@ -112,13 +112,15 @@ async def cancel(request: Request) -> Response:
 
 
 def _dec(text: str | None) -> Decimal | None:
-    """A form number for comparison (None: empty); unparsable counts as 'more' (needs the code)."""
+    """A form number for comparison (None: empty); unparsable or NaN counts as 'more' (needs the code)."""
     if text is None or not text.strip():
         return None
     try:
-        return Decimal(text.strip())
+        d = Decimal(text.strip())
     except InvalidOperation:
         return Decimal("Infinity")
+    # NaN/sNaN parse but cannot be compared (InvalidOperation): unparsable as a number, so 'more'
+    return Decimal("Infinity") if d.is_nan() else d
 
 
 def loosens(current: PolicyView | None, form: dict[str, str]) -> bool:

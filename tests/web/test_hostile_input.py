@@ -46,3 +46,13 @@ def test_queries_refuse_garbage_without_a_server_error(user, path: str, params: 
     r = kim.c.get(path, params=params)
     assert r.status_code in OK, (path, params, r.status_code)
     assert "<script>alert(1)</script>" not in r.text
+
+
+@pytest.mark.parametrize("field", ["sell_floor", "buy_cap", "reserve_wh", "interval_wh", "daily_noia"])
+@pytest.mark.parametrize("value", ["NaN", "nan", "sNaN", "-NaN"])
+def test_policy_nan_is_refused_not_a_server_error(user, field: str, value: str) -> None:
+    """Decimal parses NaN but cannot compare it: found by the hypothesis test above in CI."""
+    _t, kim = user
+    token = csrf_of(kim.c.get("/home").text)
+    r = kim.c.post("/home/policy", data={field: value, "csrf": token}, headers={"origin": ORIGIN})
+    assert r.status_code in OK - {200, 202, 303}, (field, value, r.status_code)
