@@ -239,11 +239,19 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
                         final_t.setdefault(bytes.fromhex(t[2:]), now)
                 await asyncio.sleep(0.05)
 
-        async def submitter(k: int, step: int) -> None:
-            i = k
-            while i < len(bodies) and time.perf_counter() < t_end:
+        next_batch = [0]
+
+        async def submitter() -> None:
+            # batches are claimed in order, once the window has room: a taker's nonce n+1 sits two
+            # batches after nonce n, so a submitter holding a later batch while an earlier one waits
+            # would fill the window with txs that cannot be included (a load-generator deadlock)
+            while time.perf_counter() < t_end:
                 while len(submit_t) - len(final_t) > window and time.perf_counter() < t_end:
                     await asyncio.sleep(0.01)
+                i = next_batch[0]
+                if i >= len(bodies) or time.perf_counter() >= t_end:
+                    return
+                next_batch[0] = i + 1
                 now = time.perf_counter()
                 for h in hashes[i]:
                     submit_t[h] = now
@@ -253,14 +261,13 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
                 for x in res:
                     if isinstance(x, dict):
                         errors[x["error"]] = errors.get(x["error"], 0) + 1
-                i += step
 
         poller = asyncio.create_task(poll())
         cpu0 = cpu_sample(pids)
         t0 = time.perf_counter()
         t_end = t0 + seconds
         conc = 2 * len(urls)
-        await asyncio.gather(*(submitter(k, conc) for k in range(conc)))
+        await asyncio.gather(*(submitter() for _ in range(conc)))
         submitted_by_end = len(submit_t)
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         cpu1 = cpu_sample(pids)
