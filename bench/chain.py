@@ -15,7 +15,10 @@ window, block interval (seen) mean and p99, submit-to-final latency p50/p99.
 The same run measures raw secp256k1 public-key recovery per core; each figure's
 bound = recoveries/s x cores / (2 signatures per fill x validators sharing
 the machine). The submitter keeps at most ``--window`` fills submitted but not
-final (a client that does not outrun finality without bound). Over the window it
+final (a client that does not outrun finality without bound). The window opens
+after ``--warmup`` seconds of the same load (steady state: as much in flight at
+its start as at its end); ``fills_final_per_s_whole_run`` counts from the first
+submission. Over the window it
 also reads from /proc the CPU the validators' process trees used and how busy
 the whole machine was: on a shared machine that says how much of it a run had.
 """
@@ -50,7 +53,9 @@ def log(msg: str) -> None:
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--seconds", type=float, default=30.0, help="load duration per setting (default 30)")
+    p.add_argument("--seconds", type=float, default=30.0, help="measured load per setting (default 30)")
+    p.add_argument("--warmup", type=float, default=5.0,
+                   help="load before the measured window opens (default 5; 0 measures from a cold start)")
     p.add_argument("--rate", type=int, default=12_000, help="fills signed per second of load (the offered ceiling)")
     p.add_argument("--accounts", type=int, default=2000)
     p.add_argument("--batch", type=int, default=1000, help="fills per chain_sendRawTransactions call")
@@ -209,7 +214,14 @@ def cpu_sample(roots: Sequence[int]) -> tuple[float, float] | None:
 
 
 async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]], seconds: float,
-                window: int, pids: Sequence[int] = ()) -> dict[str, Any]:
+                window: int, pids: Sequence[int] = (), warmup: float = 0.0) -> dict[str, Any]:
+    """Load for ``warmup`` + ``seconds``; every figure but latency counts only the last ``seconds``.
+
+    From a cold start the first blocks are empty while the first txs are checked and gossiped,
+    and whatever is in flight when the clock stops was checked but not counted: over a short
+    window both edges weigh on fills/s and CPU per fill. After a warm-up the window opens with
+    as much in flight as it closes with (steady state). ``fills_final_per_s_whole_run`` still
+    counts from the first submission."""
     import aiohttp
     submit_t: dict[bytes, float] = {}
     final_t: dict[bytes, float] = {}
@@ -263,17 +275,25 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
                         errors[x["error"]] = errors.get(x["error"], 0) + 1
 
         poller = asyncio.create_task(poll())
-        cpu0 = cpu_sample(pids)
-        t0 = time.perf_counter()
+        t_load = time.perf_counter()
+        t0 = t_load + warmup
         t_end = t0 + seconds
         conc = 2 * len(urls)
+
+        async def sample_at_t0() -> tuple[float, float] | None:
+            await asyncio.sleep(max(0.0, t0 - time.perf_counter()))
+            return cpu_sample(pids)
+
+        at_t0 = asyncio.create_task(sample_at_t0())
         await asyncio.gather(*(submitter() for _ in range(conc)))
         submitted_by_end = len(submit_t)
         await asyncio.sleep(max(0.0, t_end - time.perf_counter()))
         cpu1 = cpu_sample(pids)
         t1 = time.perf_counter()
-        final_by_t1 = sum(1 for t in final_t.values() if t <= t1)
-        final_in_window = sum(1 for h, t in final_t.items() if t <= t_end)
+        cpu0 = await at_t0
+        final_by_t1 = sum(1 for t in final_t.values() if t0 < t <= t1)
+        final_in_window = sum(1 for t in final_t.values() if t0 < t <= t_end)
+        final_whole_run = sum(1 for t in final_t.values() if t <= t_end)
         # drain: let what was submitted finish, for the latency figures
         drain_end = time.perf_counter() + 15
         while len(final_t) < len(submit_t) and time.perf_counter() < drain_end:
@@ -282,7 +302,7 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
         await poller
         statuses = [await _rpc(s, u, "chain_status", []) for u in urls]
     lat = sorted(final_t[h] - submit_t[h] for h in final_t if h in submit_t)
-    seen = [t for (_h, t, n) in block_seen if t <= t_end]
+    seen = [t for (_h, t, n) in block_seen if t0 < t <= t_end]
     gaps = [b - a for a, b in zip(seen, seen[1:])]
 
     def pct(xs: list[float], p: float) -> float | None:
@@ -293,8 +313,9 @@ async def drive(urls: list[str], bodies: list[bytes], hashes: list[list[bytes]],
         used, busy, dt = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1], t1 - t0
         cpu = {"validators_cpu_cores": round(used / dt, 2), "machine_busy_cores": round(busy / dt, 2),
                "validators_cpu_us_per_fill": round(1e6 * used / final_by_t1, 1) if final_by_t1 else None}
-    return {"fills_final_per_s": round(final_in_window / seconds, 1), **cpu, "submitted": submitted_by_end,
-            "final": len(final_t), "seconds": seconds, "blocks": len(seen),
+    return {"fills_final_per_s": round(final_in_window / seconds, 1), **cpu,
+            "warmup_s": warmup, "fills_final_per_s_whole_run": round(final_whole_run / (seconds + warmup), 1),
+            "submitted": submitted_by_end, "final": len(final_t), "seconds": seconds, "blocks": len(seen),
             "block_interval_mean_s": round(statistics.mean(gaps), 3) if gaps else None,
             "block_interval_p99_s": pct(sorted(gaps), 0.99),
             "latency_p50_s": pct(lat, 0.5), "latency_p99_s": pct(lat, 0.99),
@@ -311,7 +332,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     cores = os.cpu_count() or 1
     rec = recover_rate()
     log(f"raw secp256k1 public-key recovery: {rec:,.0f}/s on one core ({cores} cores)")
-    n = int(args.rate * args.seconds)
+    n = int(args.rate * (args.seconds + args.warmup))
     log(f"signing {n:,} fills ({args.accounts} accounts) before the clock starts...")
     t = time.perf_counter()
     t0 = int(time.time())
@@ -339,7 +360,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             return _four(args, out, rec, cores, bodies, hashes)
         net = Network(Path(d), 1, args.accounts, args.block_time, workers=cores)
         try:
-            one = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window, net.pids))
+            one = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window, net.pids,
+                                         args.warmup))
         finally:
             net.close()
     log(f"  {one['fills_final_per_s']:,.0f} fills final/s; blocks every {one['block_interval_mean_s']} s "
@@ -368,7 +390,8 @@ def _four(args: argparse.Namespace, out: dict[str, Any], rec: float, cores: int,
             net = Network(Path(d), 4, args.accounts, args.block_time, workers=args.four_workers,
                           max_block_txs=args.four_max_block_txs)
             try:
-                four = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window, net.pids))
+                four = asyncio.run(drive(net.urls, bodies, hashes, args.seconds, args.window, net.pids,
+                                         args.warmup))
             finally:
                 net.close()
         four.update({"bound": round(bound4, 1), "ratio": round(four["fills_final_per_s"] / bound4, 3),
