@@ -5,7 +5,9 @@ through ``SqliteStore.commit_block`` into a fresh database: each "fill" writes w
 writes (an escrow under a random 33-byte key, an order-nonce row, the taker's account out of
 1,000) and one 97-byte receipt under a random tx hash; each block carries N 330-byte txs. The
 state root is not recomputed (the store only checks that the header and the result agree), so
-this times storage alone. Prints one line per block (CPU and wall per fill, WAL bytes written)
+this times storage alone. As execution does, the result says which written keys were absent before
+the block (the new escrows and order nonces), so the store does not look for old rows of them;
+``--no-before`` leaves that out (every written escrow key is then probed for a row to delete). Prints one line per block (CPU and wall per fill, WAL bytes written)
 and a JSON summary last. Before each commit the WAL is checkpointed
 (TRUNCATE) on the caller's thread, so the WAL's size after it is what that block wrote.
 """
@@ -34,6 +36,7 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--blocks", type=int, default=24)
     ap.add_argument("--fills", type=int, default=5000)
     ap.add_argument("--lookups", type=int, default=2000)
+    ap.add_argument("--no-before", action="store_true", help="results without the old values of written keys")
     args = ap.parse_args(argv)
     rng = random.Random(7)
     g = parse_genesis({"chain_id": 1, "name": "bench", "verifying_contract": "0x" + "11" * 20,
@@ -50,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
         nonce = 0
         for b in range(args.blocks):
             writes: dict[bytes, bytes | None] = {}
+            before: dict[bytes, bytes | None] = {}
             receipts = []
             txs = []
             for i in range(args.fills):
@@ -57,6 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
                 fid = rng.randbytes(32)
                 writes[b"O" + maker + nonce.to_bytes(32, "big")] = b"\x01"
                 writes[b"E" + fid] = rng.randbytes(144)
+                before[b"E" + fid] = before[b"O" + maker + nonce.to_bytes(32, "big")] = None
                 writes[b"A" + taker] = rng.randbytes(40)
                 h = rng.randbytes(32)
                 hashes.append(h)
@@ -67,7 +72,7 @@ def main(argv: list[str] | None = None) -> dict:
             root = state_root(acc)
             hd = Header(1, head.height + 1, 0, head.hash, AUTH, 1_700_000_000 + b, b"\x00" * 32, root)
             blk = Block(hd, tuple(txs))
-            res = BlockResult(acc, root, tuple(receipts), writes)
+            res = BlockResult(acc, root, tuple(receipts), writes, {} if args.no_before else before)
             k0 = time.perf_counter()
             store.conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()   # the last block's pages
             ckpt = time.perf_counter() - k0

@@ -15,8 +15,10 @@ input. The caller (storage) commits the writes.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
 
 from . import errors as E
 from .block import HEADER_SIZE, MAX_BLOCK_SIZE, MAX_BLOCK_TXS, Block, Header, merkle_root
@@ -45,8 +47,8 @@ _RECEIPT = struct.Struct(">32sQIB20s32s")
 RECEIPT_SIZE = _RECEIPT.size      # 97: the tx hash comes first
 
 
-@dataclass(frozen=True)
-class Receipt:
+class Receipt(NamedTuple):
+    """A final transaction's receipt (immutable; a named tuple: one is built per transaction)."""
     tx_hash: bytes
     height: int
     index: int
@@ -152,20 +154,29 @@ def _apply_fill(view: Overlay, vtx: VerifiedTx, ctx: BlockContext, index: int) -
     w = view.writes
     w[ACCOUNT + taker] = ACCOUNT_RECORD.pack((balance - noia).to_bytes(32, "big"), anonce + 1)
     w[okey] = FILLED
-    w[ESCROW + fid] = ESCROW_RECORD.pack(maker, taker, noia_b, wh, start, grid)
-    return Receipt(vtx.hash, ctx.height, index, FILL, taker, fid)
+    ekey = ESCROW + fid
+    w[ekey] = ESCROW_RECORD.pack(maker, taker, noia_b, wh, start, grid)
+    # The escrow is known absent from the base without a lookup: only a fill creates 'E' fid, setting
+    # 'O' maker nonce to filled for good in the same tx, and the fill id (the order's digest) fixes the
+    # maker and the nonce; that order key is not filled here, so no state ever held this escrow.
+    view.read[ekey] = None
+    return _new_receipt((vtx.hash, ctx.height, index, FILL, taker, fid))
+
+
+_new_receipt = partial(tuple.__new__, Receipt)   # Receipt(...) from a tuple, without the keyword handling
 
 
 def touched_keys(vtxs: Sequence[VerifiedTx]) -> list[bytes]:
-    """State keys that executing ``vtxs`` will read (a hint for a store to fetch them in one batch)."""
+    """State keys that executing ``vtxs`` will read (a hint for a store to fetch them in one batch).
+
+    A fill's escrow key is not among them: a fill that applies knows it absent (``_apply_fill``)."""
     out: list[bytes] = []
     for v in vtxs:
         raw = v.raw
         out.append(ACCOUNT + raw[9:29])
         kind = raw[0]
-        if kind == FILL and v.order_hash is not None:
+        if kind == FILL:
             out.append(ORDER + raw[TX_HEADER_SIZE + 40:TX_HEADER_SIZE + 60] + raw[TX_HEADER_SIZE:TX_HEADER_SIZE + 32])
-            out.append(ESCROW + v.order_hash)
         elif kind == TRANSFER:
             out.append(ACCOUNT + raw[TX_HEADER_SIZE:TX_HEADER_SIZE + 20])
         elif kind == RECLAIM:
@@ -261,18 +272,23 @@ class BlockResult:
     state_root: bytes
     receipts: tuple[Receipt, ...]
     writes: dict[bytes, bytes | None]
+    # the parent state's value of every written key (None: absent), and of other keys execution read;
+    # a store need not look for an old row of a key known absent. Empty: nothing known.
+    before: Mapping[bytes, bytes | None] = field(default_factory=dict)
 
 
 def _run(state: StateView, acc: int, vtxs: Sequence[VerifiedTx], ctx: BlockContext) -> BlockResult:
     ov = Overlay(state)
     receipts = []
-    for i, vtx in enumerate(vtxs):
-        try:
-            receipts.append(apply_tx(ov, vtx, ctx, i))
-        except TxRejected as exc:
-            raise BlockInvalid(E.TX_REJECTED, f"tx {i}: {exc.reason} {exc.detail}", i) from exc
-    new_acc = update_accumulator(acc, state, ov.writes)
-    return BlockResult(new_acc, state_root(new_acc), tuple(receipts), ov.writes)
+    add = receipts.append
+    i = 0
+    try:
+        for i, vtx in enumerate(vtxs):
+            add(_apply_fill(ov, vtx, ctx, i) if vtx.raw[0] == FILL else apply_tx(ov, vtx, ctx, i))
+    except TxRejected as exc:
+        raise BlockInvalid(E.TX_REJECTED, f"tx {i}: {exc.reason} {exc.detail}", i) from exc
+    new_acc = update_accumulator(acc, state, ov.writes, ov.read)
+    return BlockResult(new_acc, state_root(new_acc), tuple(receipts), ov.writes, ov.read)
 
 
 def execute_block(state: StateView, acc: int, block: Block, parent: Header, params: ChainParams,
@@ -324,15 +340,16 @@ def build_block(state: StateView, acc: int, parent: Header, candidates: Sequence
         if len(kept) >= MAX_BLOCK_TXS or size + 4 + len(vtx.raw) > MAX_BLOCK_SIZE:
             break
         try:
-            receipts.append(apply_tx(ov, vtx, ctx, len(kept)))
+            receipts.append(_apply_fill(ov, vtx, ctx, len(kept)) if vtx.raw[0] == FILL
+                            else apply_tx(ov, vtx, ctx, len(kept)))
             kept.append(vtx)
             size += 4 + len(vtx.raw)
         except TxRejected as exc:
             rejected.append((vtx, exc))
-    new_acc = update_accumulator(acc, state, ov.writes)
+    new_acc = update_accumulator(acc, state, ov.writes, ov.read)
     root = state_root(new_acc)
     header = Header(params.chain_id, height, round, parent.hash, proposer, timestamp,
                     merkle_root([v.hash for v in kept]), root)
     block = Block(header, tuple(v.raw for v in kept))
-    return block, BlockResult(new_acc, root, tuple(receipts), ov.writes), rejected
+    return block, BlockResult(new_acc, root, tuple(receipts), ov.writes, ov.read), rejected
 

@@ -53,19 +53,29 @@ class StateView(Protocol):
 
 
 class Overlay:
-    """Writes over a read-only view; ``None`` marks a deletion. Never touches the base."""
+    """Writes over a read-only view; ``None`` marks a deletion. Never touches the base (which must not
+    change while the overlay is in use).
 
-    __slots__ = ("base", "writes")
+    ``read`` keeps the base's value of every key read through to it (``None``: absent), so a key is
+    looked up in the base once, and the state root's update knows the old value of a key it writes
+    without reading it again (``update_accumulator``'s ``before``)."""
+
+    __slots__ = ("base", "writes", "read")
 
     def __init__(self, base: StateView) -> None:
         self.base = base
         self.writes: dict[bytes, bytes | None] = {}
+        self.read: dict[bytes, bytes | None] = {}
 
     def get(self, key: bytes) -> bytes | None:
         w = self.writes
         if key in w:
             return w[key]
-        return self.base.get(key)
+        r = self.read
+        if key in r:
+            return r[key]
+        v = r[key] = self.base.get(key)
+        return v
 
     def put(self, key: bytes, value: bytes) -> None:
         self.writes[key] = value
@@ -212,8 +222,13 @@ _ELEM_TAG = b"metanoia/state/v1"
 _ROOT_TAG = b"metanoia/state-root/v1"
 
 
+_PREFIXES = [_ELEM_TAG + bytes((n,)) for n in range(256)]   # the tag and len(key), for every key length
+_shake_256 = hashlib.shake_256
+_from_bytes = int.from_bytes
+
+
 def element(key: bytes, value: bytes) -> int:
-    return int.from_bytes(hashlib.shake_256(_ELEM_TAG + bytes((len(key),)) + key + value).digest(ACC_BYTES), "little")
+    return _from_bytes(_shake_256(_PREFIXES[len(key)] + key + value).digest(ACC_BYTES), "little")
 
 
 def accumulate(items: Iterable[tuple[bytes, bytes]]) -> int:
@@ -224,19 +239,34 @@ def accumulate(items: Iterable[tuple[bytes, bytes]]) -> int:
     return acc & ACC_MASK
 
 
-def update_accumulator(acc: int, base: StateView, writes: Mapping[bytes, bytes | None]) -> int:
-    """The accumulator after ``writes`` land on ``base`` (whose accumulator is ``acc``)."""
+_UNKNOWN = object()
+
+
+def update_accumulator(acc: int, base: StateView, writes: Mapping[bytes, bytes | None],
+                       before: dict[bytes, bytes | None] | None = None) -> int:
+    """The accumulator after ``writes`` land on ``base`` (whose accumulator is ``acc``).
+
+    ``before``: the values in ``base`` of keys already known (an ``Overlay``'s ``read``: execution
+    has just read most of the keys it writes); the other written keys are read from ``base`` and
+    added to it, so afterwards it holds the old value of every written key."""
+    if before is None:
+        before = {}
     add = 0
     sub = 0
     get = base.get
+    known = before.get
+    unknown = _UNKNOWN
+    el = element
     for k, new in writes.items():
-        old = get(k)
+        old = known(k, unknown)
+        if old is unknown:
+            old = before[k] = get(k)
         if old == new:
             continue
         if old is not None:
-            sub += element(k, old)
+            sub += el(k, old)
         if new is not None:
-            add += element(k, new)
+            add += el(k, new)
     return (acc + add - sub) & ACC_MASK
 
 

@@ -189,19 +189,24 @@ _INSERT_TXINDEX = _SERIES + ("INSERT INTO chain_txindex (k, id) "
                              "SELECT substr(:b, n * :w + 1, 8), :base + n FROM i")
 
 
-def _state_steps(height: int, writes: Mapping[bytes, bytes | None]) -> list[tuple[str | None, str, Any]]:
+def _state_steps(height: int, writes: Mapping[bytes, bytes | None], before: Mapping[bytes, bytes | None] | None = None
+                 ) -> list[tuple[str | None, str, Any]]:
     """The statements writing ``writes``: rows grouped by key and value width, each group as one blob
     that a recursive CTE slices (one statement per group instead of one step per row). Keys with an
-    ``APPENDED`` prefix: every written one is first deleted (with its index entry), the new values
-    are then appended under fresh ids."""
+    ``APPENDED`` prefix: every written one is first deleted (with its index entry) unless ``before``
+    (the stored values before this block) says it is absent, the new values are then appended under
+    fresh ids."""
     steps: list[tuple[str | None, str, Any]] = []
     groups: dict[tuple[int, int], list[bytes]] = {}
     appended: dict[tuple[int, int], list[bytes]] = {}
     deletes: dict[int, list[bytes]] = {}
     replaced: dict[int, list[bytes]] = {}
+    unknown = b""
+    old = (before or {}).get
     for k, v in writes.items():
         if k[0] in APPENDED and len(k) >= _INDEXED:
-            replaced.setdefault(len(k), []).append(k)
+            if old(k, unknown) is not None:
+                replaced.setdefault(len(k), []).append(k)
             if v is not None:
                 appended.setdefault((len(k), len(v)), []).append(k + v)
         elif v is None:
@@ -233,7 +238,7 @@ def _statements(block: Block, result: BlockResult, extra: Sequence[tuple[str, tu
     the block, its receipts (fixed 97 bytes, the tx hash first) with their index, the accumulator."""
     h = block.header
     steps: list[tuple[str | None, str, Any]] = [(None, sql, params) for sql, params in extra]
-    steps += _state_steps(h.height, result.writes)
+    steps += _state_steps(h.height, result.writes, result.before)
     steps.append(("block", "INSERT INTO chain_blocks (height, hash, header, block) VALUES (?, ?, ?, ?)",
                   (h.height, h.hash, h.encode(), block.encode())))
     if result.receipts:

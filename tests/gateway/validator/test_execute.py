@@ -159,3 +159,30 @@ def test_every_tx_rejection_reason_is_reachable() -> None:
     emod = inspect.getsource(E)
     declared = {line.split(" = ")[0] for line in emod.splitlines() if " = \"" in line}
     assert declared >= set(tx_reasons)
+
+
+def test_a_block_result_knows_the_parent_value_of_every_written_key() -> None:
+    """Execution records what it read of the parent state (``BlockResult.before``): the state root's
+    update and the store use it instead of reading again. A new escrow is recorded absent without a
+    lookup; it must be what the parent state holds, for every written key."""
+    from gateway.validator.execute import build_block, touched_keys
+    from gateway.validator.state import ESCROW, update_accumulator
+
+    from .kit import AUTHORITY, vtx
+
+    c = Chain()
+    _, fid = filled(c, nonce=1)
+    s = c.store
+    n = c.nonces[TAKER]
+    txs = [vtx(TAKER, n, fill(order(MAKER, nonce=2))),
+           vtx(TAKER, n + 1, fill(order(MAKER, nonce=1))),                        # refused: already filled
+           vtx(MAKER, 0, transfer(OTHER, 3)),
+           vtx(COMPLEX, 0, settle([(fid, 100, 600, 400)]))]
+    assert not any(k[:1] == ESCROW for k in touched_keys(txs))
+    blk, res, rejected = build_block(s, s.accumulator, s.head, txs, PARAMS, addr(AUTHORITY), c.time + 1,
+                                     header_at=s.header_at)
+    assert [e.reason for _, e in rejected] == [E.ORDER_ALREADY_FILLED]
+    assert set(res.writes) <= set(res.before)
+    assert all(res.before[k] == s.get(k) for k in res.before)
+    assert sum(k[:1] == ESCROW and res.before[k] is None for k in res.writes) == 1   # the new escrow
+    assert update_accumulator(s.accumulator, s, res.writes) == res.accumulator

@@ -155,22 +155,28 @@ def test_a_database_of_the_old_layout_is_refused_with_a_clear_reason(tmp_path: P
     assert ei.value.reason == "old_layout" and "layout 1" in str(ei.value)
 
 
-def _commit_writes(store: SqliteStore, writes: dict[bytes, bytes | None]) -> None:
-    """Commit a block of bare state writes (no txs), the accumulator updated as execution would."""
+def _commit_writes(store: SqliteStore, writes: dict[bytes, bytes | None], known: bool = False) -> None:
+    """Commit a block of bare state writes (no txs), the accumulator updated as execution would;
+    ``known``: the result carries the old values of the written keys, as execution's does."""
     from gateway.validator.block import Block, Header
     from gateway.validator.execute import BlockResult
     from gateway.validator.state import update_accumulator
 
     head = store.head
-    acc = update_accumulator(store.accumulator, store, writes)
+    before: dict[bytes, bytes | None] = {}
+    acc = update_accumulator(store.accumulator, store, writes, before)
+    assert before == {k: store.get(k) for k in writes}
     hd = Header(head.chain_id, head.height + 1, 0, head.hash, head.proposer, head.timestamp + 1, head.tx_root,
                 state_root(acc))
-    store.commit_block(Block(hd, ()), BlockResult(acc, hd.state_root, (), writes))
+    store.commit_block(Block(hd, ()), BlockResult(acc, hd.state_root, (), writes, before if known else {}))
 
 
-def test_appended_state_rows_sharing_the_index_prefix_are_written_read_replaced_and_deleted(tmp_path: Path) -> None:
+@pytest.mark.parametrize("known", [False, True], ids=["old-values-unknown", "old-values-known"])
+def test_appended_state_rows_sharing_the_index_prefix_are_written_read_replaced_and_deleted(
+        tmp_path: Path, known: bool) -> None:
     """Escrow/settled/reclaimed rows live in chain_rows behind a 9-byte index: same-prefix keys stay
-    apart through insert, replace and delete, in the cache, in a fresh store and in prefetch."""
+    apart through insert, replace and delete, in the cache, in a fresh store and in prefetch; the
+    same whether or not the result says which written keys were absent (then no old row is looked for)."""
     path = tmp_path / "c.db"
     store = SqliteStore(path, GENESIS)
     mem = MemoryStore(GENESIS)
@@ -180,7 +186,7 @@ def test_appended_state_rows_sharing_the_index_prefix_are_written_read_replaced_
              {b: None, a: b"v3" * 51},         # b deleted, a replaced with another width
              {a: None, c: b"x" * 144}]
     for w in steps:
-        _commit_writes(store, w)
+        _commit_writes(store, w, known)
         for k, v in w.items():
             if v is None:
                 mem.state.pop(k, None)
@@ -199,3 +205,30 @@ def test_appended_state_rows_sharing_the_index_prefix_are_written_read_replaced_
     assert third._cache[a] is None and third._cache[b] is None and third._cache[c] == b"x" * 144
     assert third.get(b"E" + b"\x11" * 8 + b"\x04" * 24) is None
     third.close()
+
+
+def test_fills_settled_and_reclaimed_in_the_block_that_made_them_are_stored_as_in_memory(tmp_path: Path) -> None:
+    """Execution tells the store which written keys were absent (a new escrow is, without a lookup):
+    escrows made and closed in one block, settled, reclaimed and refilled nonces end as in memory."""
+    from gateway.validator.tx import Reclaim
+
+    from .kit import PARAMS, vtx
+
+    def script(c: Chain) -> None:
+        f1 = vtx(3, 0, fill(order(2, nonce=1)))
+        f2 = vtx(3, 1, fill(order(2, nonce=2, noia=70)))
+        assert f1.order_hash and f2.order_hash
+        c.block([f1, f2, vtx(COMPLEX, 0, settle([(f1.order_hash, 100, 600, 400)]))])   # made and settled
+        c.block([vtx(4, 0, fill(order(5, nonce=1))), vtx(3, 2, fill(order(2, nonce=1)))])  # refill refused
+        c.block([vtx(6, 0, Reclaim(f2.order_hash))], dt=PARAMS.reclaim_deadline(c.time) - c.time)
+        c.block([vtx(COMPLEX, 1, settle([(f2.order_hash, 1, 1, 69)]))])               # refused: reclaimed
+
+    mem, sq = Chain(MemoryStore(GENESIS)), Chain(SqliteStore(tmp_path / "c.db", GENESIS))
+    script(mem)
+    script(sq)
+    assert sq.store.head == mem.store.head and list(sq.store.items()) == list(mem.store.items())
+    assert any(k[:1] == b"R" for k, _ in mem.store.items()) and any(k[:1] == b"S" for k, _ in mem.store.items())
+    sq.store.close()
+    again = SqliteStore(tmp_path / "c.db", GENESIS)
+    assert list(again.items()) == list(mem.store.items())
+    again.close()
