@@ -18,6 +18,9 @@ the chunk, ``verify_compact``, pickle the answer) with ``time.process_time`` aro
 ``worker_us_per_fill``. Everything else in the measured windows is the main process's:
 ``main_us_per_fill`` (weighted as one node of four sees it) and its parts per fill that
 took that path. The multiprocessing queues' own threads are not in either figure.
+``recover_us_per_fill`` is libsecp256k1's two recoveries alone on the same fills, measured in
+the same run, and ``worker_overhead_us_per_fill`` the worker's CPU beyond them: that figure
+moves less with the machine's load than the worker's total.
 
 Prints one JSON line; ``--repeat`` runs the whole thing that many times on fresh nodes and
 reports the median of each figure.
@@ -149,6 +152,27 @@ async def _play(raws: list[bytes], accounts: int, data: Path) -> dict[str, float
             **{f"{k}_us_per_fill": parts[k] for k in parts}}
 
 
+def _recover_only(raws: list[bytes]) -> float:
+    """CPU per fill of libsecp256k1's two recoveries alone (the signatures parsed beforehand): the
+    floor under ``worker_us_per_fill``, measured in the same run, so the worker's own overhead can be
+    told apart from how fast this machine recovers right now."""
+    from coincurve._libsecp256k1 import ffi, lib
+    from coincurve.context import GLOBAL_CONTEXT
+    ctx = GLOBAL_CONTEXT.ctx
+    jobs = []
+    for raw in raws:
+        for sig, digest in ((raw[-65:], keccak256(b"\x19M" + raw[:-65])), (raw[197:262], keccak256(raw[37:197]))):
+            rsig = ffi.new("secp256k1_ecdsa_recoverable_signature *")
+            lib.secp256k1_ecdsa_recoverable_signature_parse_compact(ctx, rsig, sig, sig[64] - 27)
+            jobs.append((rsig, digest))   # the order digest is not the EIP-712 one: same cost, any 32 bytes do
+    pub = ffi.new("secp256k1_pubkey *")
+    recover = lib.secp256k1_ecdsa_recover
+    t = time.process_time()
+    for rsig, digest in jobs:
+        recover(ctx, pub, rsig, digest)
+    return (time.process_time() - t) / len(raws) * 1e6
+
+
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     p = argparse.ArgumentParser(prog="python -m bench.intake_cpu", description=__doc__.split("\n")[0])
     p.add_argument("--fills", type=int, default=20_000)
@@ -160,7 +184,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as d:
-            runs.append(asyncio.run(_play(raws, args.accounts, Path(d))))
+            r = asyncio.run(_play(raws, args.accounts, Path(d)))
+        r["recover_us_per_fill"] = _recover_only(raws)
+        r["worker_overhead_us_per_fill"] = r["worker_us_per_fill"] - r["recover_us_per_fill"]
+        runs.append(r)
     try:
         rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True,
                              cwd=Path(__file__).parent).stdout.strip() or None
@@ -170,7 +197,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for k in runs[0]:
         out[k] = round(statistics.median(r[k] for r in runs), 2)
     out["runs_main_us_per_fill"] = [round(r["main_us_per_fill"], 2) for r in runs]
-    out["runs_worker_us_per_fill"] = [round(r["worker_us_per_fill"], 2) for r in runs]
+    out["runs_worker_overhead_us_per_fill"] = [round(r["worker_overhead_us_per_fill"], 2) for r in runs]
     print(json.dumps(out), flush=True)
     return out
 

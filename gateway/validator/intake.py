@@ -115,7 +115,7 @@ class Intake:
             else:
                 todo.append(i)
                 batch.add(h)
-        job = node.verifier.start([raws[i] for i in todo])
+        job = node.verifier.start([raws[i] for i in todo], hashes=[hashes[i] for i in todo])
         for k, i in enumerate(todo):
             inflight[hashes[i]] = (job, k)
         node._time("intake", t0)

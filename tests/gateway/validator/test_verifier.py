@@ -9,10 +9,11 @@ import asyncio
 
 from hypothesis import given, settings, strategies as st
 
+from gateway.validator.crypto import keccak256, sign_digest
 from gateway.validator.errors import DecodeError
 from gateway.validator.order import Domain, Order
-from gateway.validator.tx import Fill, Tx, sign_tx, verify_tx
-from gateway.validator.verifier import FILL_SIZE, Verifier, check_tx
+from gateway.validator.tx import SIG_PREFIX, Fill, Tx, sign_tx, verify_tx
+from gateway.validator.verifier import FILL_SIZE, Verifier, check_batch, check_tx, verify_compact
 
 from . import kit
 
@@ -125,3 +126,81 @@ def test_the_process_pool_answers_as_the_inline_checks():
         assert isinstance(a[5], DecodeError) and isinstance(a[9], DecodeError)
         assert sum(isinstance(r, DecodeError) for r in a) == 2
     asyncio.run(main())
+
+
+_KEYS = {kit.addr(i): kit.key(i) for i in range(2, 8)}
+N = 0xFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFFEBAAEDCE6AF48A03BBFD25E8CD0364141
+SCALAR = st.one_of(st.sampled_from([0, 1, N // 2, N // 2 + 1, N - 1, N, N + 1, 2**256 - 1]), st.integers(0, 2**256 - 1))
+
+
+@settings(max_examples=400, deadline=None)
+@given(raw=fills, data=st.data())
+def test_signature_edge_cases_get_the_same_answer(raw, data):
+    """The tx signature (at 262) or the order's (at 197) rewritten: r or s set to 0, n/2 + 1, n or
+    beyond, v outside {27, 28}, or the high-s twin of the valid signature (same key, s -> n - s, v
+    flipped: libsecp256k1 alone recovers the signer from it)."""
+    off = data.draw(st.sampled_from([262, 197]))
+    b = bytearray(raw)
+    how = data.draw(st.sampled_from(["r", "s", "v", "twin"]))
+    if how == "twin":
+        s = int.from_bytes(b[off + 32:off + 64], "big")
+        b[off + 32:off + 64] = (N - s).to_bytes(32, "big")
+        b[off + 64] = 55 - b[off + 64]
+    elif how == "v":
+        b[off + 64] = data.draw(st.integers(0, 255))
+    else:
+        at = off if how == "r" else off + 32
+        b[at:at + 32] = data.draw(SCALAR).to_bytes(32, "big")
+    m = bytes(b)
+    if off == 197:   # the order's signature is part of the signed body: the taker signs it again
+        m = m[:-65] + sign_digest(_KEYS[m[9:29]], keccak256(SIG_PREFIX + m[:-65]))
+    want = _outcome(verify_tx, m, kit.DOMAIN)
+    assert _outcome(check_tx, m, kit.DOMAIN) == want
+    if how == "twin":
+        assert want[:2] == ("error", "high_s" if off == 262 else "order_bad_signature")
+    (compact,) = verify_compact([m], kit.CHAIN_ID, kit.CONTRACT)
+    (batched,) = check_batch([m], kit.DOMAIN, [keccak256(m)])
+    if want[0] == "ok":
+        assert compact == want[2] and (batched.hash, batched.order_hash) == (want[1], want[2])
+    else:
+        assert compact == want[1:] and (batched.reason, batched.detail) == want[1:]
+
+
+def test_the_worker_answers_order_hashes_and_the_node_supplies_the_tx_hash():
+    async def main() -> None:
+        raws = [kit.raw_tx(3, n, kit.fill(kit.order(2, nonce=n))) for n in range(6)] + [kit.raw_tx(2, 0, kit.transfer(3, 5))]
+        ans = verify_compact(raws, kit.CHAIN_ID, kit.CONTRACT)
+        assert [type(a) for a in ans] == [bytes] * 7 and ans[-1] == b"" and all(len(a) == 32 for a in ans[:-1])
+        fake = [bytes((i,)) * 32 for i in range(7)]          # the node's hashes are used as they are
+        pool = Verifier(kit.PARAMS, workers=1, chunk=16)
+        try:
+            got = await pool.start(raws, hashes=fake).result()
+            own = await pool.verify(raws)
+        finally:
+            pool.close()
+        assert [v.hash for v in got] == fake
+        assert [v.hash for v in own] == [keccak256(r) for r in raws]
+        assert [v.order_hash for v in got] == [v.order_hash for v in own] == [verify_tx(r, kit.DOMAIN).order_hash
+                                                                              for r in raws]
+    asyncio.run(main())
+
+
+@settings(max_examples=60, deadline=None)
+@given(raws=st.lists(fills, min_size=1, max_size=5), data=st.data())
+def test_a_batch_answers_as_each_tx_alone(raws, data):
+    """Batches mix valid fills, mutated ones and other types; each answer is ``verify_tx``'s for that tx."""
+    batch = []
+    for raw in raws:
+        b = bytearray(raw)
+        for _ in range(data.draw(st.integers(0, 2))):
+            b[data.draw(st.integers(0, len(b) - 1))] ^= data.draw(st.integers(1, 255))
+        batch.append(bytes(b))
+    batch.insert(data.draw(st.integers(0, len(batch))), kit.raw_tx(2, 0, kit.transfer(3, 5)))
+    want = [_outcome(verify_tx, m, kit.DOMAIN) for m in batch]
+    compact = verify_compact(batch, kit.CHAIN_ID, kit.CONTRACT)
+    checked = check_batch(batch, kit.DOMAIN, [keccak256(m) for m in batch])
+    for w, c, v in zip(want, compact, checked):
+        if w[0] == "ok":
+            assert c == (w[2] or b"") and (v.hash, v.order_hash, v.raw) == w[1:]
+        else:
+            assert c == w[1:] and (v.reason, v.detail) == w[1:]
