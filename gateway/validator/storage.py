@@ -311,6 +311,13 @@ class SqliteStore:
             meta = dict(self.conn.execute("SELECT key, value FROM chain_meta").fetchall())
         elif meta["genesis"] != genesis.hash:
             raise StorageError(GENESIS_MISMATCH, f"{path} holds another chain")
+        else:
+            row = self.conn.execute("SELECT header FROM chain_blocks WHERE height = 0").fetchone()
+            if row is None or Header.decode(row[0]).state_root != genesis.header().state_root:
+                raise StorageError(GENESIS_MISMATCH, f"{path}: its genesis block has another state root than this "
+                                   f"validator computes for this genesis (written with another state-root "
+                                   f"function: v1's SHAKE-256 elements?): move the file away and resync the "
+                                   f"chain from peers")
         if int.from_bytes(meta.get("layout", b""), "big") != LAYOUT:
             raise StorageError(OLD_LAYOUT, f"{path} was written with storage layout "
                                f"{int.from_bytes(meta.get('layout', b''), 'big') or 1}; this validator reads "
