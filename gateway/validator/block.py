@@ -6,6 +6,9 @@ Header (big-endian)::
     timestamp u64 (unix s) | txRoot 32 | stateRoot 32
 
 Block hash = keccak256(header). A block = header | count u32 | count x (len u32 | signed tx).
+A *compact* block (what a proposal carries: its txs are already at the followers,
+gossiped at intake) = header | count u32 | count x tx hash 32, the hashes in block
+order, no hash twice; the block it stands for is the one with those txs.
 ``stateRoot`` is the root *after* the block's transactions (state.py);
 ``txRoot`` is a keccak Merkle root over the tx hashes in block order: a level
 is reduced pairwise with keccak256(0x01 | left | right), an odd last node moves
@@ -31,6 +34,7 @@ MAX_BLOCK_TXS = 20000
 MAX_BLOCK_SIZE = 32 * 1024 * 1024
 EMPTY_ROOT = keccak256(b"")
 _U32 = struct.Struct(">I")
+DUPLICATE_TX = "duplicate_tx"
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,39 @@ def decode_block(data: bytes) -> Block:
     if off != n:
         raise DecodeError(BAD_LENGTH, f"{n - off} trailing bytes")
     return Block(header, tuple(txs))
+
+
+@dataclass(frozen=True)
+class CompactBlock:
+    """A block as its header and its txs' hashes (keccak256 of each signed tx), in block order."""
+    header: Header
+    tx_hashes: tuple[bytes, ...]
+
+    def encode(self) -> bytes:
+        return b"".join((self.header.encode(), _U32.pack(len(self.tx_hashes)), *self.tx_hashes))
+
+    @property
+    def hash(self) -> bytes:
+        return self.header.hash
+
+
+def decode_compact(data: bytes) -> CompactBlock:
+    """Strict: at most ``MAX_BLOCK_TXS`` hashes, the length exactly what the count says, no hash twice
+    (a block cannot hold one tx twice: the second would fail its nonce)."""
+    n = len(data)
+    if n < HEADER_SIZE + 4:
+        raise DecodeError(TRUNCATED, "compact block header")
+    header = Header.decode(data[:HEADER_SIZE])
+    (count,) = _U32.unpack_from(data, HEADER_SIZE)
+    if count > MAX_BLOCK_TXS:
+        raise DecodeError(TOO_LARGE, f"{count} tx hashes > {MAX_BLOCK_TXS}")
+    off = HEADER_SIZE + 4
+    if n != off + 32 * count:
+        raise DecodeError(TRUNCATED if n < off + 32 * count else BAD_LENGTH, f"{count} tx hashes in {n - off} bytes")
+    hashes = tuple(data[i:i + 32] for i in range(off, n, 32))
+    if len(set(hashes)) != count:
+        raise DecodeError(DUPLICATE_TX, "a tx hash listed twice")
+    return CompactBlock(header, hashes)
 
 
 def merkle_root(leaves: list[bytes]) -> bytes:

@@ -6,9 +6,10 @@ on the loop between other work (verifier.py). The consensus machine
 carries out its actions, with the parts in modules of their own:
 
 - ``Propose``: proposals.py builds a block from the mempool (``build_block``) or
-  re-proposes the valid value, signs the proposal (vote log first) and sends it;
-  it also validates the proposals of others (``execute_block`` over txs verified
-  at intake);
+  re-proposes the valid value, signs the proposal (vote log first) and sends it
+  compact (header + tx hashes); it also validates the proposals of others
+  (``execute_block`` over txs verified at intake; txs a follower lacks are asked
+  of the proposer, txfetch.py);
 - ``SignVote``: sign through ``Signer`` (appended and fsync'd before it is sent),
   broadcast, and feed it back to the machine; a precommit only once the proposal
   it locks on is on disk (held.py), so a restart never finds a lock without its block;
@@ -53,6 +54,7 @@ from .state import get_account
 from .storage import SqliteStore
 from .sync import CERT_SCHEMA, Sync
 from .tip import Candidate, Tip
+from .txfetch import TxFetch
 from .txlog import TxLog
 from .verifier import Verifier
 from .votes import PRECOMMIT, PROPOSAL, Certificate, ConsensusError, Signer, Vote, VoteLog, check_vote, decode_vote
@@ -109,6 +111,7 @@ class Node:
         self.proposing = Proposals(self)
         self.sync = Sync(self)
         self.gossip = Gossip(self)
+        self.txfetch = TxFetch(self)
         self.net = p2p.Network(cfg.key, g.chain_id, g.hash, cfg.p2p, list(cfg.peers), self._on_frame,
                                limits=cfg.limits, on_connect=self.gossip.on_connect)
         self.counters: dict[str, int] = {}
@@ -150,6 +153,8 @@ class Node:
             t.cancel()
         for task in self.tasks:
             task.cancel()
+        self.proposing.close()
+        self.txfetch.close()
         while self.committing:          # let decided blocks reach the disk (SIGTERM: a clean stop)
             await asyncio.sleep(0.01)
         await self.net.stop()
@@ -295,6 +300,10 @@ class Node:
                 self.sync.serve(peer, payload)
             elif mtype == p2p.BLOCK:
                 await self.sync.on_block(peer, payload)
+            elif mtype == p2p.GET_TXS:
+                self.txfetch.serve(peer, payload)
+            elif mtype == p2p.TX_REPLY:
+                self.txfetch.on_reply(peer, payload)
             else:
                 self.count("unknown_frame")
         except struct.error:

@@ -1,16 +1,19 @@
 """Validator-to-validator networking over asyncio TCP: framing, an authenticated hello, limits.
 
 Frame: ``length u32 | type u8 | payload`` (length counts type + payload, at most
-MAX_FRAME). Message types (payload layouts in node.py's codec helpers)::
+MAX_FRAME). Message types (payloads built and read where they are used: intake.py,
+proposals.py, txfetch.py, gossip.py, sync.py)::
 
     1 HELLO       chainId u64 | genesisHash 32 | address 20 | challenge 32
     2 AUTH        sig 65 over keccak256("metanoia/p2p/v1" | peer's challenge | my address | genesisHash)
     3 TXS         count u32 | count x (len u32 | signed tx)
-    4 PROPOSAL    signed proposal (votes.py, 142) | block
+    4 PROPOSAL    signed proposal (votes.py, 142) | compact block (block.py: header | count u32 | count x tx hash)
     5 VOTE        signed vote (142)
     6 STATUS      height u64 | round u32
     7 GET_BLOCKS  from u64 | count u32
     8 BLOCK       certLen u32 | certificate | block    (one final block per frame)
+    9 GET_TXS     request u32 | count u32 | count x tx hash 32   (a proposal's txs this node lacks)
+   10 TX_REPLY    request u32 | count u32 | count x (len u32 | signed tx)   (those of them the peer holds)
 
 Both sides send HELLO at once; a peer must be on the same chain and genesis
 and prove its address by signing our fresh challenge before any other frame
@@ -42,10 +45,10 @@ from .errors import ChainError, DecodeError
 
 log = logging.getLogger(__name__)
 
-HELLO, AUTH, TXS, PROPOSAL, VOTE, STATUS, GET_BLOCKS, BLOCK = range(1, 9)
-BULK = frozenset((TXS, BLOCK))   # sent after any queued consensus frame
+HELLO, AUTH, TXS, PROPOSAL, VOTE, STATUS, GET_BLOCKS, BLOCK, GET_TXS, TX_REPLY = range(1, 11)
+BULK = frozenset((TXS, BLOCK))   # sent after any queued consensus frame (a TX_REPLY is not: a vote waits for it)
 TYPE_NAMES = {HELLO: "hello", AUTH: "auth", TXS: "txs", PROPOSAL: "proposal", VOTE: "vote", STATUS: "status",
-              GET_BLOCKS: "get_blocks", BLOCK: "block"}
+              GET_BLOCKS: "get_blocks", BLOCK: "block", GET_TXS: "get_txs", TX_REPLY: "tx_reply"}
 MAX_FRAME = 40 * 1024 * 1024
 _LEN = struct.Struct(">I")
 _HELLO = struct.Struct(">Q32s20s32s")

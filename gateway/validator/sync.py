@@ -65,7 +65,7 @@ class Sync:
         if block.header.height != node.tip.head.height + 1:
             return
         verify_certificate(cert, node.genesis.chain_id, node.authorities, block.header.height, block.hash)
-        cand = await node.proposing.validate(block)
+        cand = await node.proposing.validate_block(block)
         if cand is None or block.header.height != node.tip.head.height + 1:
             if cand is None:
                 node.count("sync_block_invalid")

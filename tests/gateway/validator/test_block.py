@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from gateway.validator import errors as E
-from gateway.validator.block import (EMPTY_ROOT, Block, Header, decode_block, merkle_proof, merkle_root,
-                                     verify_merkle_proof)
+from gateway.validator.block import (DUPLICATE_TX, EMPTY_ROOT, MAX_BLOCK_TXS, Block, CompactBlock, Header,
+                                     decode_block, decode_compact, merkle_proof, merkle_root, verify_merkle_proof)
 from gateway.validator.crypto import keccak256
 from gateway.validator.errors import BlockInvalid, DecodeError
 from gateway.validator.execute import build_block, execute_block
@@ -46,6 +46,38 @@ def test_block_decoder_never_crashes(data: bytes) -> None:
         decode_block(data)
     except DecodeError:
         pass
+
+
+def test_compact_block_round_trip_and_strict_decoder() -> None:
+    c = Chain()
+    c.send(2, transfer(3, 1))
+    c.send(3, transfer(4, 1))
+    blk = c.store.block_at(2)
+    cb = CompactBlock(blk.header, tuple(keccak256(r) for r in blk.txs))
+    data = cb.encode()
+    assert len(data) == 144 + 4 + 32 * len(blk.txs)
+    assert decode_compact(data) == cb and decode_compact(data).hash == blk.hash
+    assert merkle_root(list(cb.tx_hashes)) == blk.header.tx_root    # the root is over the hashes alone
+    h = keccak256(b"x")
+    twice = CompactBlock(blk.header, (h, keccak256(b"y"), h)).encode()
+    oversize = blk.header.encode() + (MAX_BLOCK_TXS + 1).to_bytes(4, "big")
+    for bad, reason in ((data + b"\x00", E.BAD_LENGTH), (data[:-1], E.TRUNCATED), (data[:147], E.TRUNCATED),
+                        (twice, DUPLICATE_TX), (oversize, E.TOO_LARGE)):
+        with pytest.raises(DecodeError) as ei:
+            decode_compact(bad)
+        assert ei.value.reason == reason
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.binary(max_size=400), st.lists(st.binary(min_size=32, max_size=32), max_size=8))
+def test_compact_decoder_never_crashes(data: bytes, hashes: list[bytes]) -> None:
+    for d in (data, GENESIS.header().encode() + len(hashes).to_bytes(4, "big") + b"".join(hashes) + data):
+        try:
+            cb = decode_compact(d)
+        except DecodeError as exc:
+            assert exc.reason in (E.TRUNCATED, E.BAD_LENGTH, E.TOO_LARGE, DUPLICATE_TX)
+        else:
+            assert cb.encode() == d and len(set(cb.tx_hashes)) == len(cb.tx_hashes)
 
 
 @settings(max_examples=60, deadline=None)

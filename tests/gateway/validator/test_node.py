@@ -1,18 +1,28 @@
 """In-process validators over real loopback TCP: a 4-node network under load, catch-up of a late
 node, and hostile peers (wrong genesis, oversize frames, non-authority votes and proposals,
-equivocation, forged certificates): each rejected with a specific counted reason, node still up."""
+equivocation, forged certificates, malformed compact proposals, irregular tx fetch replies): each
+rejected with a specific counted reason, node still up. Compact proposals: a follower fetches the
+txs it lacks from the proposer, and prevotes nil when it cannot get them."""
 
 from __future__ import annotations
 
 import asyncio
 import struct
+import time
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from gateway.validator import p2p
-from gateway.validator.block import Block, Header
-from gateway.validator.crypto import keccak256, private_key
+from gateway.validator.block import Block, CompactBlock, Header
+from gateway.validator.crypto import address_of, keccak256, private_key
+from gateway.validator.execute import build_block
 from gateway.validator.genesis import parse_genesis
 from gateway.validator.node import Node
-from gateway.validator.votes import PRECOMMIT, PREVOTE, PROPOSAL, Certificate, sign_vote
+from gateway.validator.storage import MemoryStore
+from gateway.validator.tx import verify_tx
+from gateway.validator.txfetch import decode_get_txs, decode_tx_reply, encode_get_txs, encode_tx_reply
+from gateway.validator.votes import PRECOMMIT, PREVOTE, PROPOSAL, Certificate, decode_vote, sign_vote
 
 from . import kit
 from .netkit import AUTH_KEYS, genesis_doc, node_configs, wait_until
@@ -167,3 +177,227 @@ def test_a_block_is_final_only_once_its_sqlite_transaction_committed(tmp_path):
 
 async def _included(node, h) -> bool:
     return node.tx_status(h)["status"] == "included" and bool(node.committing)
+
+
+# ---- compact proposals: txs a follower lacks are fetched from the proposer --------------------------
+
+class _AsProposer:
+    """The test as the proposer of height 1, round 0 (authority 1), connected to a node (authority 0):
+    it records the node's frames and answers its GET_TXS with ``answer(request, hashes)``."""
+
+    def __init__(self, g, answer=None) -> None:
+        self.g = g
+        self.key = AUTH_KEYS[1]
+        self.answer = answer
+        self.frames: list[tuple[int, bytes]] = []
+        self.net: p2p.Network | None = None
+
+    async def connect(self, target) -> p2p.Peer:
+        async def handler(peer, mtype, payload):
+            self.frames.append((mtype, payload))
+            if mtype == p2p.GET_TXS and self.answer is not None:
+                rid, hashes = decode_get_txs(payload)
+                peer.send(p2p.TX_REPLY, encode_tx_reply(rid, self.answer(rid, hashes)))
+        self.net = p2p.Network(self.key, self.g.chain_id, self.g.hash, ("127.0.0.1", 0), [target], handler)
+        await self.net.start()
+        assert await wait_until(lambda: _peered(self.net), 5)
+        return next(iter(self.net.peers.values()))
+
+    def block(self, raws: list[bytes], round: int = 0) -> Block:
+        s = MemoryStore(self.g)
+        params = self.g.params()
+        vs = [verify_tx(r, params.domain) for r in raws]
+        blk, _res, rejected = build_block(s, s.accumulator, s.head, vs, params, address_of(self.key),
+                                          max(s.head.timestamp, int(time.time())), round, header_at=s.header_at)
+        assert not rejected
+        return blk
+
+    def proposal(self, blk: Block, round: int = 0) -> bytes:
+        pv = sign_vote(self.key, PROPOSAL, self.g.chain_id, 1, round, blk.hash)
+        return pv.encode() + CompactBlock(blk.header, tuple(keccak256(r) for r in blk.txs)).encode()
+
+    def asked(self) -> list[list[bytes]]:
+        return [decode_get_txs(p)[1] for m, p in self.frames if m == p2p.GET_TXS]
+
+    def prevote(self, round: int = 0):
+        for m, p in self.frames:
+            if m == p2p.VOTE:
+                v = decode_vote(p)
+                if v.kind == PREVOTE and (v.height, v.round) == (1, round):
+                    return v
+        return None
+
+    async def stop(self) -> None:
+        if self.net is not None:
+            await self.net.stop()
+
+
+async def _node_at_height_1(tmp_path, block_time: float) -> Node:
+    g = parse_genesis(genesis_doc(4, block_time))
+    node = Node(node_configs(tmp_path, g, 4)[0])     # alone: stays at height 1, round 0
+    await node.start()
+    assert node.machine.proposer(1, 0) == address_of(AUTH_KEYS[1])
+    return node
+
+
+def test_a_follower_fetches_the_txs_it_lacks_from_the_proposer_and_prevotes_the_block(tmp_path):
+    async def main() -> None:
+        node = await _node_at_height_1(tmp_path, 5.0)      # propose timeout 15 s: the prevote is the proposal's
+        raws = [kit.raw_tx(2, 0, kit.transfer(6, 5)), kit.raw_tx(3, 0, kit.transfer(6, 7))]
+        (known,) = await node.submit(raws[:1], gossip=False, log_intake=False)       # gossiped earlier
+        me = _AsProposer(node.genesis, answer=lambda rid, hashes: [r for r in raws if keccak256(r) in hashes])
+        peer = await me.connect(node.net.listen)
+        blk = me.block(raws)
+        payload = me.proposal(blk)
+        assert len(payload) == 142 + 144 + 4 + 2 * 32                  # header and hashes, not the txs
+        peer.send(p2p.PROPOSAL, payload)
+        assert await wait_until(lambda: _async(me.prevote() is not None), 5)
+        assert me.prevote().block_hash == blk.hash
+        assert me.asked() == [[keccak256(raws[1])]]                     # only the tx it lacked
+        c = node.counters
+        assert c["fetch_requests"] == 1 and c["fetched_txs"] == 1 and c["validate_checked_txs"] == 1
+        assert node.tx_status(known)["status"] == "included"
+        # it holds the full block for its lock, and serves the block's txs to a peer that lacks them
+        assert node.proposing.proposals[(1, 0)].block == blk.encode()
+        got: list[bytes] = []
+        me.answer = None
+        peer.send(p2p.GET_TXS, encode_get_txs(7, [keccak256(r) for r in raws] + [keccak256(b"unknown")]))
+        async def replied() -> bool:
+            got[:] = [p for m, p in me.frames if m == p2p.TX_REPLY]
+            return bool(got)
+        assert await wait_until(replied, 5)
+        assert decode_tx_reply(got[0]) == (7, raws)
+        assert node.counters["get_txs_unknown"] == 1
+        await me.stop()
+        await node.stop()
+    asyncio.run(main())
+
+
+def test_txs_not_served_mean_a_nil_prevote_each_irregular_reply_counted(tmp_path):
+    async def main() -> None:
+        node = await _node_at_height_1(tmp_path, 5.0)
+        raws = [kit.raw_tx(2, 0, kit.transfer(6, 5)), kit.raw_tx(3, 0, kit.transfer(6, 7))]
+        other = kit.raw_tx(4, 0, kit.transfer(6, 9))
+        serve = {"what": lambda hashes: [other]}              # a tx that was not asked for, and nothing else
+        me = _AsProposer(node.genesis, answer=lambda rid, hashes: serve["what"](hashes))
+        peer = await me.connect(node.net.listen)
+        blk = me.block(raws)
+        peer.send(p2p.PROPOSAL, me.proposal(blk))
+        assert await wait_until(lambda: _async(me.prevote() is not None), 5)
+        assert me.prevote().value is None                      # nil: at once, not at the 15 s timeout
+        c = node.counters
+        assert c["tx_reply_unrequested"] == 1 and c["tx_reply_not_served"] == 2
+        assert blk.hash not in node.proposing.blocks and (1, 0) not in node.proposing.proposals
+        peer.send(p2p.TX_REPLY, encode_tx_reply(4242, raws))   # a reply to nothing it asked
+        assert await wait_until(lambda: _counter(node, "tx_reply_unknown_request"), 5)
+        # the proposer sends its proposal again (re-gossip) and serves this time: tried again, valid
+        serve["what"] = lambda hashes: [r for r in raws if keccak256(r) in hashes]
+        peer.send(p2p.PROPOSAL, me.proposal(blk))
+        assert await wait_until(lambda: _async(blk.hash in node.proposing.blocks), 5)
+        assert node.counters["fetch_requests"] == 2 and node.counters["fetched_txs"] == 2
+        await me.stop()
+        await node.stop()
+    asyncio.run(main())
+
+
+def test_a_fetch_never_answered_times_out_and_the_follower_prevotes_nil(tmp_path):
+    async def main() -> None:
+        node = await _node_at_height_1(tmp_path, 0.4)       # fetch timeout 2 x 0.4 + 0.5 s
+        me = _AsProposer(node.genesis)                       # asks go unanswered
+        peer = await me.connect(node.net.listen)
+        blk = me.block([kit.raw_tx(2, 0, kit.transfer(6, 5))])
+        peer.send(p2p.PROPOSAL, me.proposal(blk))
+        assert await wait_until(lambda: _counter(node, "fetch_timeout"), 5)
+        assert me.prevote() is not None and me.prevote().value is None
+        assert blk.hash not in node.proposing.blocks
+        await me.stop()
+        await node.stop()
+    asyncio.run(main())
+
+
+class _StubPeer:
+    height = 0
+    closed = False
+
+    def __init__(self) -> None:
+        self.sent: list[int] = []
+
+    def send(self, mtype: int, payload: bytes) -> None:
+        self.sent.append(mtype)
+
+
+def test_hostile_compact_proposals_and_fetch_frames_are_counted_and_the_node_stays_up(tmp_path):
+    """Frames from the right proposer (so past the signature checks): a signed proposal followed by
+    garbage or by a mutated compact block (cut, extended, a hash twice, a wrong count, a flipped
+    byte), random GET_TXS and TX_REPLY payloads. Each is refused with a counted reason, or taken up
+    (a proposal is recorded and validated, a request answered)."""
+    reasons = {"truncated", "bad_length", "too_large", "duplicate_tx", "bad_proposal"}
+
+    async def main() -> None:
+        node = await _node_at_height_1(tmp_path, 5.0)
+        me = _AsProposer(node.genesis)
+        raws = [kit.raw_tx(2, 0, kit.transfer(6, 5)), kit.raw_tx(3, 0, kit.transfer(6, 7))]
+        loop = asyncio.get_running_loop()
+        peer = _StubPeer()
+        rounds = iter(range(0, 10**6, 4))                     # rounds whose proposer is authority 1
+
+        def mutate(cb: bytes, how: int, at: int, blob: bytes) -> bytes:
+            hashes = [cb[148 + 32 * i:180 + 32 * i] for i in range((len(cb) - 148) // 32)]
+            if how == 0:
+                return cb[:at % len(cb)]
+            if how == 1:
+                return cb + blob
+            if how == 2:
+                h = hashes + [hashes[at % len(hashes)]]
+                return cb[:144] + len(h).to_bytes(4, "big") + b"".join(h)
+            if how == 3:
+                return cb[:144] + at.to_bytes(4, "big") + cb[148:]
+            flip = bytearray(cb)
+            flip[at % len(cb)] ^= 0xFF
+            return bytes(flip)
+
+        def frames():
+            return st.one_of(
+                st.tuples(st.just(p2p.PROPOSAL), st.binary(max_size=400), st.just(None)),
+                st.tuples(st.just(p2p.PROPOSAL), st.just(b""),
+                          st.tuples(st.integers(0, 4), st.integers(0, 2**32 - 1), st.binary(max_size=64))),
+                st.tuples(st.sampled_from([p2p.GET_TXS, p2p.TX_REPLY]), st.binary(max_size=300), st.just(None)))
+
+        @settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+        @given(frame=frames())
+        def one(frame) -> None:
+            mtype, data, mut = frame
+            before = dict(node.counters)
+            if mtype == p2p.PROPOSAL:
+                r = next(rounds)
+                blk = me.block(raws, round=r)
+                good = me.proposal(blk, round=r)
+                tail = data if mut is None else mutate(good[142:], *mut)
+                payload = good[:142] + tail
+                if payload == good:
+                    return
+            else:
+                payload = data
+            n_sent = len(peer.sent)
+            try:
+                asyncio.run_coroutine_threadsafe(node._on_frame(peer, mtype, payload), loop).result(10)
+            except p2p.P2PError as exc:                        # the connection would be dropped
+                assert exc.reason == "bad_frame"
+                return
+            new = {k for k in node.counters if node.counters[k] != before.get(k)}
+            if mtype == p2p.PROPOSAL:
+                refused = {k[len("proposal_"):] for k in new if k.startswith("proposal_")}
+                assert refused <= reasons, new
+                assert refused or (1, r) in node.proposing.proposals, new
+            elif mtype == p2p.GET_TXS:
+                assert any(k.startswith("get_txs_") for k in new) or len(peer.sent) == n_sent + 1, new
+            else:
+                assert any(k.startswith("tx_reply_") for k in new), new
+        await loop.run_in_executor(None, one)
+        assert node.status()["consensusHeight"] == 1          # still up, answering
+        await node.stop()
+    asyncio.run(main())
+
+
+async def _async(value: bool) -> bool:
+    return value
