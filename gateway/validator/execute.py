@@ -70,8 +70,10 @@ def _reject(reason: str, detail: str = "") -> TxRejected:
     return TxRejected(reason, detail)
 
 
-# a fill's signed order inside the signed tx: nonce | expiry | maker | taker | wh | intervalStart | noia | grid
-_FILL_ORDER = struct.Struct(">32sQ20s20sQQ32s32s")
+# a fill's sender and nonce from the tx header, then its signed order:
+# nonce | expiry | maker | taker | wh | intervalStart | noia | grid
+_FILL_TX = struct.Struct(">9x20sQ32sQ20s20sQQ32s32s")
+assert _FILL_TX.size == TX_HEADER_SIZE + 160     # the header, then the 160-byte order
 _ZERO_ADDRESS = b"\x00" * 20
 
 
@@ -120,12 +122,11 @@ def _apply_fill(view: Overlay, vtx: VerifiedTx, ctx: BlockContext, index: int) -
     """``apply_tx`` for a fill, read straight from the signed bytes (the layout is fixed and was checked
     by ``verify_tx``): the same rules, in the same order, as ``_fill``; every check comes before the
     first write, so a rejection writes nothing."""
-    raw = vtx.raw
     fid = vtx.order_hash
     assert fid is not None
-    taker = raw[9:29]
-    nonce = int.from_bytes(raw[29:37], "big")
-    araw = view.get(ACCOUNT + taker)
+    taker, nonce, onon, expiry, maker, otaker, wh, start, noia_b, grid = _FILL_TX.unpack_from(vtx.raw)
+    akey = ACCOUNT + taker
+    araw = view.get(akey)
     if araw is None:
         balance = anonce = 0
     else:
@@ -133,7 +134,6 @@ def _apply_fill(view: Overlay, vtx: VerifiedTx, ctx: BlockContext, index: int) -
         balance = int.from_bytes(bal_b, "big")
     if nonce != anonce:
         raise _reject(E.BAD_NONCE, f"nonce {nonce}, account is at {anonce}")
-    onon, expiry, maker, otaker, wh, start, noia_b, grid = _FILL_ORDER.unpack_from(raw, TX_HEADER_SIZE)
     noia = int.from_bytes(noia_b, "big")
     if wh == 0 or noia == 0:
         raise _reject(E.ZERO_AMOUNT, "order with 0 Wh or 0 NOIA")
@@ -152,7 +152,7 @@ def _apply_fill(view: Overlay, vtx: VerifiedTx, ctx: BlockContext, index: int) -
     if balance < noia:
         raise _reject(E.INSUFFICIENT_BALANCE, f"balance {balance} < {noia}")
     w = view.writes
-    w[ACCOUNT + taker] = ACCOUNT_RECORD.pack((balance - noia).to_bytes(32, "big"), anonce + 1)
+    w[akey] = ACCOUNT_RECORD.pack((balance - noia).to_bytes(32, "big"), anonce + 1)
     w[okey] = FILLED
     ekey = ESCROW + fid
     w[ekey] = ESCROW_RECORD.pack(maker, taker, noia_b, wh, start, grid)

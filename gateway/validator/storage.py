@@ -165,6 +165,7 @@ SCHEMA = (
 
 
 CACHE_MAX = 600_000        # state rows kept in memory (values and known-absent keys); cleared beyond
+TOP_MAX = 200_000          # makers whose highest used order nonce is kept; cleared beyond
 PREFETCH_CHUNK = 500       # keys per SELECT ... IN (...)
 
 
@@ -172,6 +173,11 @@ _SERIES = "WITH RECURSIVE i(n) AS (SELECT 0 UNION ALL SELECT n + 1 FROM i WHERE 
 _INSERT_STATE = _SERIES + ("INSERT OR REPLACE INTO chain_state (key, value) "
                            "SELECT substr(:b, n * :w + 1, :kl), substr(:b, n * :w + :kl + 1, :vl) FROM i")
 _DELETE_STATE = "DELETE FROM chain_state WHERE key IN (" + _SERIES + "SELECT substr(:b, n * :kl + 1, :kl) FROM i)"
+_O, _ORDER_KEY, _MAX_NONCE = ord("O"), 53, b"\xff" * 32      # 'O' maker nonce: 1 + 20 + 32 bytes
+_TOP_ORDER_KEY = _SERIES + ("SELECT n, (SELECT key FROM chain_state WHERE key > substr(:lo, n * 21 + 1, 21) "
+                            "AND key <= substr(:hi, n * 53 + 1, 53) ORDER BY key DESC LIMIT 1) FROM i")
+_SELECT_STATE = _SERIES + ("SELECT key, value FROM chain_state WHERE key IN "
+                           "(SELECT substr(:b, n * :kl + 1, :kl) FROM i)")
 _INSERT_ROWS = _SERIES + ("INSERT INTO chain_rows (id, key, value) "
                           "SELECT :base + n, substr(:b, n * :w + 1, :kl), substr(:b, n * :w + :kl + 1, :vl) FROM i")
 _INSERT_ROWINDEX = _SERIES + ("INSERT INTO chain_rowindex (k, id) "
@@ -304,6 +310,9 @@ class SqliteStore:
         db.ensure_schema(self.conn, "chain", SCHEMA)
         self.fault = fault
         self._cache: dict[bytes, bytes | None] = {}
+        # maker -> its highest used order nonce (32 bytes; b"" if none) when last looked up. Every stored
+        # order key of the maker above it has been written since, so is in _cache (cleared together).
+        self._top: dict[bytes, bytes] = {}
         self._checkpointer: _Checkpointer | None = None
         meta = dict(self.conn.execute("SELECT key, value FROM chain_meta").fetchall())
         if "genesis" not in meta:
@@ -373,15 +382,36 @@ class SqliteStore:
         todo = list({k for k in keys if k not in cache})
         if len(cache) + len(todo) > CACHE_MAX:
             cache.clear()
+            self._top.clear()
         c = self.conn
         rows = [k for k in todo if k[:1] and k[0] in APPENDED and len(k) >= _INDEXED]
         plain = [k for k in todo if not (k[:1] and k[0] in APPENDED and len(k) >= _INDEXED)] if rows else todo
-        for i in range(0, len(plain), PREFETCH_CHUNK):
-            part = plain[i:i + PREFETCH_CHUNK]
-            for k in part:
-                cache[k] = None
-            q = "SELECT key, value FROM chain_state WHERE key IN (" + ",".join("?" * len(part)) + ")"
-            for k, v in c.execute(q, part):
+        by_width: dict[int, list[bytes]] = {}
+        top = self._top
+        if len(top) > TOP_MAX:
+            top.clear()
+        pending: list[bytes] = []        # order keys of makers whose highest used nonce is not known yet
+        for k in plain:
+            cache[k] = None
+            if k[0] == _O and len(k) == _ORDER_KEY:
+                t = top.get(k[1:21])
+                if t is None:
+                    pending.append(k)
+                    continue
+                if k[21:] > t:           # above the maker's highest used nonce: absent, no lookup
+                    continue
+            by_width.setdefault(len(k), []).append(k)
+        if pending:
+            makers = list({k[1:21] for k in pending})
+            q = {"lo": b"".join(b"O" + m for m in makers), "hi": b"".join(b"O" + m + _MAX_NONCE for m in makers),
+                 "n": len(makers)}
+            for i, key in c.execute(_TOP_ORDER_KEY, q):
+                top[makers[i]] = b"" if key is None else bytes(key)[21:]
+            for k in pending:
+                if k[21:] <= top[k[1:21]]:
+                    by_width.setdefault(len(k), []).append(k)
+        for kl, keys in by_width.items():   # one statement per key width, the keys in one blob
+            for k, v in c.execute(_SELECT_STATE, {"b": b"".join(keys), "n": len(keys), "kl": kl}):
                 cache[bytes(k)] = bytes(v)
         for i in range(0, len(rows), PREFETCH_CHUNK):
             part = rows[i:i + PREFETCH_CHUNK]
@@ -452,6 +482,7 @@ class SqliteStore:
         writes = result.writes
         if len(self._cache) + len(writes) > CACHE_MAX:
             self._cache.clear()
+            self._top.clear()
         self._cache.update(writes)
         self._acc = result.accumulator
         self._head = block.header

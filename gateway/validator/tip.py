@@ -26,10 +26,11 @@ class Tip:
         self.committing = committing
 
     def get(self, key: bytes) -> bytes | None:
-        for cand in reversed(self.committing):
-            w = cand.result.writes
-            if key in w:
-                return w[key]
+        if self.committing:
+            for cand in reversed(self.committing):
+                w = cand.result.writes
+                if key in w:
+                    return w[key]
         return self.store.get(key)
 
     @property

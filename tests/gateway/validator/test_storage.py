@@ -232,3 +232,38 @@ def test_fills_settled_and_reclaimed_in_the_block_that_made_them_are_stored_as_i
     again = SqliteStore(tmp_path / "c.db", GENESIS)
     assert list(again.items()) == list(mem.store.items())
     again.close()
+
+
+def test_an_order_nonce_above_the_makers_highest_is_known_absent_without_a_lookup(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """prefetch learns each maker's highest used order nonce once; a key above it is absent without a
+    query, one at or below it is looked up; written keys land in the cache, and clearing the cache
+    forgets the highest nonces too (so a stale one never answers)."""
+    import gateway.validator.storage as storage
+
+    maker, other = b"\x21" * 20, b"\x22" * 20
+
+    def okey(m: bytes, n: int) -> bytes:
+        return b"O" + m + n.to_bytes(32, "big")
+
+    path = tmp_path / "c.db"
+    store = SqliteStore(path, GENESIS)
+    _commit_writes(store, {okey(maker, n): b"\x01" for n in (3, 7, 1 << 255)} | {okey(other, 5): b"\x02"}, True)
+    store.close()
+    store = SqliteStore(path, GENESIS)
+    lookups: list[str] = []
+    store.conn.set_trace_callback(lambda sql: lookups.append(sql) if "chain_state WHERE key IN" in sql else None)
+    store.prefetch([okey(maker, 7), okey(maker, 8), okey(other, 5), okey(other, 6), okey(b"\x23" * 20, 1)])
+    assert store._top == {maker: (1 << 255).to_bytes(32, "big"), other: (5).to_bytes(32, "big"), b"\x23" * 20: b""}
+    assert [store.get(k) for k in (okey(maker, 7), okey(maker, 8), okey(other, 5), okey(other, 6))] == \
+        [b"\x01", None, b"\x02", None]
+    lookups.clear()
+    store.prefetch([okey(other, 9), okey(b"\x23" * 20, 4)])              # above the highest: no query
+    assert lookups == [] and store.get(okey(other, 9)) is None
+    _commit_writes(store, {okey(other, 9): b"\x01"}, True)
+    store.prefetch([okey(other, 9), okey(other, 10)])
+    assert lookups == [] and store.get(okey(other, 9)) == b"\x01" and store.get(okey(other, 10)) is None
+    monkeypatch.setattr(storage, "CACHE_MAX", 1)
+    store.prefetch([okey(other, 9), okey(other, 12)])                      # cleared: looked up again
+    assert store._top[other] == (9).to_bytes(32, "big") and store.get(okey(other, 9)) == b"\x01"
+    store.close()
