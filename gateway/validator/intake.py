@@ -19,13 +19,15 @@ import asyncio
 import struct
 import time
 from dataclasses import dataclass
+from itertools import chain, repeat
 from typing import TYPE_CHECKING
 
 from . import p2p
-from .crypto import keccak256
+from .crypto import keccak256_many
 from .errors import DecodeError
 from .tx import HEADER as TX_HEAD
 from .tx import MAX_TX_SIZE
+from .tx import VerifiedTx
 from .verifier import VerifyJob
 
 if TYPE_CHECKING:
@@ -37,7 +39,7 @@ RELAY_BACKLOG = 100_000                     # txs from peers in checking before 
 
 
 def encode_txs(raws: list[bytes]) -> bytes:
-    return _U32.pack(len(raws)) + b"".join(_U32.pack(len(r)) + r for r in raws)
+    return _U32.pack(len(raws)) + b"".join(chain.from_iterable(zip(map(_U32.pack, map(len, raws)), raws)))
 
 
 def decode_txs(data: bytes) -> list[bytes]:
@@ -104,20 +106,26 @@ class Intake:
     def admit(self, raws: list[bytes]) -> Admitted:
         node = self.node
         t0 = time.perf_counter()
-        hashes = [keccak256(r) for r in raws]
+        hashes = keccak256_many(raws)
         results: list[bytes | str] = [b""] * len(raws)
         todo: list[int] = []
         batch: set[bytes] = set()
-        inflight, pending = self.inflight, node.mempool.pending
+        inflight, pending, nonce_of = self.inflight, node.mempool.pending, node._nonce_of
         for i, h in enumerate(hashes):
-            if h in pending or h in inflight or h in batch or self.maybe_final(raws[i], h):
+            if h in pending or h in inflight or h in batch:
+                results[i] = h
+                continue
+            raw = raws[i]
+            # only a tx whose nonce the account has used can be final (sender, nonce at fixed offsets)
+            if (len(raw) < TX_HEAD.size or int.from_bytes(raw[29:37], "big") < nonce_of(raw[9:29])) \
+                    and self.is_final(h):
                 results[i] = h
             else:
                 todo.append(i)
                 batch.add(h)
-        job = node.verifier.start([raws[i] for i in todo], hashes=[hashes[i] for i in todo])
-        for k, i in enumerate(todo):
-            inflight[hashes[i]] = (job, k)
+        todo_hashes = [hashes[i] for i in todo]
+        job = node.verifier.start([raws[i] for i in todo], hashes=todo_hashes)
+        inflight.update(zip(todo_hashes, zip(repeat(job), range(len(todo)))))
         node._time("intake", t0)
         return Admitted(raws, hashes, results, todo, job)
 
@@ -126,20 +134,27 @@ class Intake:
         try:
             vs = await it.job.result()
         finally:
+            pop, hashes = self.inflight.pop, it.hashes
             for i in it.todo:
-                self.inflight.pop(it.hashes[i], None)
+                pop(hashes[i], None)
         t0 = time.perf_counter()
-        results, hashes, mempool = it.results, it.hashes, node.mempool
+        results, mempool = it.results, node.mempool
         fresh: list[bytes] = []
+        ok: list[int] = []
+        good: list[VerifiedTx] = []
         for i, v in zip(it.todo, vs):
             if isinstance(v, DecodeError):
                 mempool.reject(hashes[i], v.reason)
                 results[i] = v.reason
-                continue
-            err = mempool.add(v)
-            results[i] = err or v.hash
+            else:
+                ok.append(i)
+                good.append(v)
+        for i, v, err in zip(ok, good, mempool.add_many(good)):
             if err is None:
+                results[i] = v.hash
                 fresh.append(v.raw)
+            else:
+                results[i] = err
         if gossip and fresh and node.net.peers:
             # relayed now, before the answer: the frames reach the peers' sockets while the log's fsync
             # runs, so a node killed right after answering has already passed the tx on
@@ -153,11 +168,13 @@ class Intake:
     def maybe_final(self, raw: bytes, h: bytes) -> bool:
         """Is this tx already in a committed block? Only a tx whose nonce the account has used can be,
         so the receipt index is read only then (the sender and nonce sit at fixed offsets)."""
+        if len(raw) >= TX_HEAD.size and int.from_bytes(raw[29:37], "big") >= self.node._nonce_of(raw[9:29]):
+            return False
+        return self.is_final(h)
+
+    def is_final(self, h: bytes) -> bool:
+        """In a committed block, or in one being written."""
         node = self.node
-        if len(raw) >= TX_HEAD.size:
-            _t, _c, sender, nonce = TX_HEAD.unpack_from(raw, 0)
-            if nonce >= node._nonce_of(sender):
-                return False
         return node.store.receipt(h) is not None or any(h in c.hashes for c in node.committing)
 
     async def compact_log(self) -> None:

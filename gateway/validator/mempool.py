@@ -54,28 +54,48 @@ class Mempool:
 
     def add(self, vtx: VerifiedTx) -> str | None:
         """Add a verified tx; returns None (added or already pending) or a rejection reason."""
-        h = vtx.hash
-        if h in self.pending:
-            return None
-        sender, nonce = vtx.sender, vtx.nonce
-        if nonce < self.nonce_of(sender):
-            self.reject(h, BAD_NONCE)
-            return BAD_NONCE
-        slots = self.by_sender.setdefault(sender, {})
-        if nonce in slots:
-            self._count("rejected_" + NONCE_IN_USE)
-            return NONCE_IN_USE
-        if len(self.pending) >= self.max_txs:
-            self._count("rejected_" + MEMPOOL_FULL)
-            return MEMPOOL_FULL
-        if len(slots) >= self.max_per_sender:
-            self._count("rejected_" + SENDER_LIMIT)
-            return SENDER_LIMIT
-        slots[nonce] = h
-        self.pending[h] = vtx
-        self.rejected.pop(h, None)
-        self._count("accepted")
-        return None
+        return self.add_many((vtx,))[0]
+
+    def add_many(self, vtxs: Iterable[VerifiedTx]) -> list[str | None]:
+        """``add`` for each, in order (the sender and nonce read straight from the raw tx, the
+        ``accepted`` counter bumped once for the batch)."""
+        pending, by_sender, nonce_of, rejected = self.pending, self.by_sender, self.nonce_of, self.rejected
+        out: list[str | None] = []
+        accepted = 0
+        for vtx in vtxs:
+            h = vtx.hash
+            if h in pending:
+                out.append(None)
+                continue
+            raw = vtx.raw
+            sender, nonce = raw[9:29], int.from_bytes(raw[29:37], "big")
+            err: str | None = None
+            slots = by_sender.get(sender)
+            if nonce < nonce_of(sender):
+                self.reject(h, BAD_NONCE)
+                out.append(BAD_NONCE)
+                continue
+            if slots is not None and nonce in slots:
+                err = NONCE_IN_USE
+            elif len(pending) >= self.max_txs:
+                err = MEMPOOL_FULL
+            elif slots is not None and len(slots) >= self.max_per_sender:
+                err = SENDER_LIMIT
+            if err is not None:
+                self._count("rejected_" + err)
+                out.append(err)
+                continue
+            if slots is None:
+                slots = by_sender[sender] = {}
+            slots[nonce] = h
+            pending[h] = vtx
+            if h in rejected:
+                del rejected[h]
+            accepted += 1
+            out.append(None)
+        if accepted:
+            self._count("accepted", accepted)
+        return out
 
     def next_nonce(self, sender: bytes) -> int:
         """The account's next nonce counting the contiguous pending run."""
@@ -103,27 +123,30 @@ class Mempool:
 
     def remove(self, vtxs: Iterable[VerifiedTx]) -> None:
         """Drop what a committed block included, then anything its senders' nonces made stale."""
+        pending, by_sender = self.pending, self.by_sender
         senders = set()
         for v in vtxs:
-            if self.pending.pop(v.hash, None) is not None:
-                sender, nonce = v.sender, v.nonce
-                slots = self.by_sender.get(sender)
-                if slots is not None and slots.get(nonce) == v.hash:
-                    del slots[nonce]
-                senders.add(sender)
-            else:
-                senders.add(v.sender)
+            h, raw = v.hash, v.raw
+            sender = raw[9:29]
+            senders.add(sender)
+            if pending.pop(h, None) is not None:
+                slots = by_sender.get(sender)
+                if slots is not None:
+                    nonce = int.from_bytes(raw[29:37], "big")
+                    if slots.get(nonce) == h:
+                        del slots[nonce]
         for s in senders:
-            slots = self.by_sender.get(s)
+            slots = by_sender.get(s)
             if slots is None:
                 continue
-            n = self.nonce_of(s)
-            for nonce in [k for k in slots if k < n]:
-                h = slots.pop(nonce)
-                self.pending.pop(h, None)
-                self.reject(h, BAD_NONCE)
+            if slots:
+                n = self.nonce_of(s)
+                for nonce in [k for k in slots if k < n]:
+                    h = slots.pop(nonce)
+                    pending.pop(h, None)
+                    self.reject(h, BAD_NONCE)
             if not slots:
-                del self.by_sender[s]
+                del by_sender[s]
 
     def drop(self, tx_hash: bytes, reason: str) -> None:
         """A pending tx that a block build rejected (state rule): out, with its reason."""

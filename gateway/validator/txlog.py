@@ -17,6 +17,7 @@ import logging
 import os
 import struct
 from collections.abc import Sequence
+from itertools import chain
 from pathlib import Path
 
 from gateway.fsutil import replace_durably
@@ -28,7 +29,7 @@ _LEN = struct.Struct(">I")
 
 
 def encode_records(raws: Sequence[bytes]) -> bytes:
-    return b"".join(_LEN.pack(len(r)) + r for r in raws)
+    return b"".join(chain.from_iterable(zip(map(_LEN.pack, map(len, raws)), raws)))
 
 
 def decode_records(data: bytes) -> tuple[list[bytes], int]:

@@ -10,6 +10,7 @@ import aiohttp
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from gateway.validator.crypto import keccak256
 from gateway.validator.genesis import parse_genesis
 from gateway.validator.node import Node
 
@@ -178,3 +179,62 @@ def test_garbage_never_crashes_the_node(tmp_path):
         await loop.run_in_executor(None, one)
         assert (await call(s, url, "chain_status"))["result"]["height"] >= 1   # still up, still making blocks
     with_node(tmp_path, scenario)
+
+
+class _Submits:
+    """Only what ``chain_sendRawTransactions`` calls: ``submit`` answers the tx hash, or a reason for
+    txs starting with 0xee (the batch decoder is what is under test here)."""
+
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+
+    async def submit(self, raws):
+        self.got += raws
+        return ["mempool_full" if r[:1] == b"\xee" else keccak256(r) for r in raws]
+
+
+def _reference(entry) -> bytes | dict:
+    """The single-tx decoder's answer for one entry of the batch."""
+    from gateway.jsonrpc import RpcError
+    from gateway.validator.rpc import _bytes
+    try:
+        return _bytes(entry, "tx")
+    except RpcError as exc:
+        return {"error": (exc.data or {}).get("reason", "bad_hex")}
+
+
+class _Hex(str):
+    pass
+
+
+ENTRIES = st.one_of(
+    st.binary(max_size=40).map(lambda b: "0x" + b.hex()),
+    st.binary(max_size=40).map(lambda b: "0X" + b.hex()),
+    st.binary(max_size=40).map(lambda b: b.hex()),
+    st.binary(min_size=1, max_size=40).map(lambda b: _Hex("0x" + b.hex())),
+    st.text(max_size=12).map(lambda t: "0x" + t),
+    st.text(max_size=12),
+    st.integers(), st.none(), st.booleans(), st.lists(st.integers(), max_size=2), st.floats(allow_nan=False),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(entries=st.lists(ENTRIES, max_size=8))
+def test_batch_hex_decoding_gives_each_entry_the_single_tx_answer(entries):
+    from gateway.validator.rpc import MAX_TX_SIZE, Rpc
+    entries = list(entries)
+    entries.append("0x" + "ab" * (MAX_TX_SIZE + 1))       # too large
+    entries.append("0x" + "ab" * MAX_TX_SIZE)             # the largest allowed
+    rpc = Rpc.__new__(Rpc)
+    rpc.node = _Submits()
+    out = asyncio.run(rpc.rpc_chain_sendRawTransactions([entries]))
+    want = [_reference(e) for e in entries]
+    assert rpc.node.got == [w for w in want if isinstance(w, bytes)]
+    for o, w in zip(out, want, strict=True):
+        if isinstance(w, dict):
+            assert o == w
+        elif w[:1] == b"\xee":
+            assert o == {"error": "mempool_full"}
+        else:
+            assert o == "0x" + keccak256(w).hex()
+    assert out[-2] == {"error": "too_large"}
