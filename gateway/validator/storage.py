@@ -203,30 +203,37 @@ def _state_steps(height: int, writes: Mapping[bytes, bytes | None], before: Mapp
     (the stored values before this block) says it is absent, the new values are then appended under
     fresh ids."""
     steps: list[tuple[str | None, str, Any]] = []
-    groups: dict[tuple[int, int], list[bytes]] = {}
-    appended: dict[tuple[int, int], list[bytes]] = {}
+    groups: dict[int, list[bytes]] = {}          # by key width << 20 | value width
+    appended: dict[int, list[bytes]] = {}
     deletes: dict[int, list[bytes]] = {}
     replaced: dict[int, list[bytes]] = {}
     unknown = b""
     old = (before or {}).get
     for k, v in writes.items():
-        if k[0] in APPENDED and len(k) >= _INDEXED:
+        kl = len(k)
+        if k[0] in APPENDED and kl >= _INDEXED:
             if old(k, unknown) is not None:
-                replaced.setdefault(len(k), []).append(k)
+                replaced.setdefault(kl, []).append(k)
             if v is not None:
-                appended.setdefault((len(k), len(v)), []).append(k + v)
+                appended.setdefault(kl << 20 | len(v), []).append(k + v)
         elif v is None:
-            deletes.setdefault(len(k), []).append(k)
+            deletes.setdefault(kl, []).append(k)
         else:
-            groups.setdefault((len(k), len(v)), []).append(k + v)
-    for (kl, vl), rows in groups.items():
+            w = kl << 20 | len(v)
+            try:
+                groups[w].append(k + v)
+            except KeyError:
+                groups[w] = [k + v]
+    for w, rows in groups.items():
+        kl, vl = w >> 20, w & 0xFFFFF
         steps.append((None, _INSERT_STATE, {"b": b"".join(rows), "n": len(rows), "w": kl + vl, "kl": kl, "vl": vl}))
     for kl, keys in replaced.items():
         p = {"b": b"".join(keys), "n": len(keys), "kl": kl}
         steps.append((None, _DELETE_ROWS, p))
         steps.append((None, _DELETE_ROWINDEX, p))
     base = height << _ROW_BITS
-    for (kl, vl), rows in appended.items():
+    for w, rows in appended.items():
+        kl, vl = w >> 20, w & 0xFFFFF
         p = {"b": b"".join(rows), "n": len(rows), "w": kl + vl, "kl": kl, "vl": vl, "base": base}
         steps.append((None, _INSERT_ROWS, p))
         steps.append((None, _INSERT_ROWINDEX, p))
@@ -248,7 +255,7 @@ def _statements(block: Block, result: BlockResult, extra: Sequence[tuple[str, tu
     steps.append(("block", "INSERT INTO chain_blocks (height, hash, header, block) VALUES (?, ?, ?, ?)",
                   (h.height, h.hash, h.encode(), block.encode())))
     if result.receipts:
-        rp = {"b": b"".join(r.encode() for r in result.receipts), "n": len(result.receipts),
+        rp = {"b": b"".join(map(Receipt.encode, result.receipts)), "n": len(result.receipts),
               "base": h.height << _POS_BITS, "w": RECEIPT_SIZE}
         steps.append((None, _INSERT_RECEIPTS, rp))
         steps.append((None, _INSERT_TXINDEX, rp))
