@@ -379,7 +379,7 @@ class Proposals:
                 fresh_raws = [fetched[hashes[i]] for i in fresh]
             else:
                 fresh_raws = []
-            own = node.verifier.start(fresh_raws, urgent=True)
+            own = node.verifier.start(fresh_raws, urgent=True, hashes=[hashes[i] for i in fresh])  # hashed once
             for job, picks in waits.values():
                 res = await job.result()
                 for i, k in picks:
