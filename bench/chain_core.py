@@ -8,7 +8,12 @@ then one JSON object as the last line. Measures, for signed fills of the real fo
   signature) in one process, and ``pool_verify_fills_per_s`` across W processes;
 - ``execute_fills_per_s``: ``build_block`` over pre-verified fills (apply_tx + state root);
   ``follow_fills_per_s``: ``execute_block`` of the sealed block (what a follower does);
-- ``commit_ms``: ``SqliteStore.commit_block`` of one block of N fills (synchronous=FULL).
+- ``commit_ms``: ``SqliteStore.commit_block`` of one block of N fills (synchronous=FULL);
+- with ``--follow-blocks B``: a follower's path over SQLite, as the node runs it, on the same
+  fills cut into B blocks (built first over a memory store): ``Tip.prefetch(touched_keys)``,
+  ``execute_block`` over the Tip (the previous block still being written), ``stage`` and
+  ``finish``; CPU per fill of each step on the main thread (``thread_time``) and of the other
+  threads (the writer, the checkpointer) over the same span, in ``follow_sqlite_us_per_fill``.
 """
 
 from __future__ import annotations
@@ -19,17 +24,19 @@ import os
 import sys
 import tempfile
 import time
+from collections import deque
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from coincurve import PublicKey
 
 from gateway.validator.crypto import ZERO_ADDRESS, address_of, keccak256, private_key, sign_digest
-from gateway.validator.execute import build_block, execute_block
+from gateway.validator.execute import build_block, execute_block, touched_keys
 from gateway.validator.genesis import parse_genesis
 from gateway.validator.order import Order, grid_id, sign_order
 from gateway.validator.state import update_accumulator
 from gateway.validator.storage import MemoryStore, SqliteStore
+from gateway.validator.tip import Candidate, Tip
 from gateway.validator.tx import Fill, Tx, sign_tx, verify_batch, verify_tx
 
 CHAIN_ID = 31337
@@ -68,11 +75,57 @@ def rate(n: int, dt: float) -> float:
     return round(n / dt, 1)
 
 
+def follow_sqlite(g, params, verified: list, n_blocks: int) -> dict[str, float]:
+    """The follower's path over SQLite through a Tip, one block in flight, CPU us per fill per step."""
+    per = len(verified) // n_blocks
+    mem = MemoryStore(g)
+    blocks = []
+    for b in range(n_blocks):
+        vs = verified[b * per:(b + 1) * per]
+        blk, res, rejected = build_block(mem, mem.accumulator, mem.head, vs, params, ZERO_ADDRESS, T0 + 1 + b)
+        assert not rejected, rejected[:1]
+        mem.commit_block(blk, res)
+        blocks.append((blk, vs))
+    steps = {"prefetch": 0.0, "execute": 0.0, "stage": 0.0, "finish": 0.0}
+    with tempfile.TemporaryDirectory() as d:
+        store = SqliteStore(Path(d) / "chain.db", g)
+        committing: deque[Candidate] = deque()
+        tip = Tip(store, committing)
+        p0, t0 = time.process_time(), time.thread_time()
+        for blk, vs in blocks:
+            c0 = time.thread_time()
+            tip.prefetch(touched_keys(vs))
+            c1 = time.thread_time()
+            res = execute_block(tip, tip.accumulator, blk, tip.head, params, header_at=tip.header_at, verified=vs)
+            c2 = time.thread_time()
+            if committing:   # the previous block: wait for its write, make it the head
+                prev = committing[0]
+                prev_fut.result()
+                c3 = time.thread_time()
+                store.finish(prev.block, prev.result)
+                committing.popleft()
+                steps["finish"] += time.thread_time() - c3
+            c3 = time.thread_time()
+            prev_fut = store.stage(blk, res)
+            steps["stage"] += time.thread_time() - c3
+            committing.append(Candidate(blk, res, tuple(vs), frozenset()))
+            steps["prefetch"] += c1 - c0
+            steps["execute"] += c2 - c1
+        prev_fut.result()
+        store.finish(committing[0].block, committing[0].result)
+        steps["other_threads"] = (time.process_time() - p0) - (time.thread_time() - t0)
+        store.close()
+    n = per * n_blocks
+    return {k: round(v / n * 1e6, 2) for k, v in steps.items()}
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fills", type=int, default=10_000)
     ap.add_argument("--accounts", type=int, default=1000)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--follow-blocks", type=int, default=0,
+                    help="also run the follower's path over SQLite on the fills cut into this many blocks")
     args = ap.parse_args(argv)
     out: dict = {"bench": "chain_core", "fills": args.fills, "cores": os.cpu_count()}
 
@@ -121,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     assert not rejected and len(blk.txs) == len(raws), rejected[:1]
     out["execute_fills_per_s"] = rate(len(raws), dt)
     t = time.perf_counter()
-    update_accumulator(store.accumulator, store, result.writes)
+    update_accumulator(store.accumulator, store, result.writes, dict(result.before))  # as execution does
     out["state_root_ms"] = round((time.perf_counter() - t) * 1000, 1)
     out["keys_written"] = len(result.writes)
     log(f"build_block over pre-verified fills: {out['execute_fills_per_s']:,.0f} fills/s "
@@ -142,6 +195,11 @@ def main(argv: list[str] | None = None) -> dict:
     out["commit_fills_per_s"] = rate(len(raws), dt)
     log(f"SQLite commit of one {len(raws)}-fill block ({out['block_bytes']:,} bytes, "
         f"{len(result.writes)} state rows, {len(result.receipts)} receipts): {out['commit_ms']} ms")
+
+    if args.follow_blocks:
+        out["follow_sqlite_us_per_fill"] = f = follow_sqlite(g, params, verified, args.follow_blocks)
+        log(f"follower over SQLite, {args.follow_blocks} blocks of {len(raws) // args.follow_blocks} fills, "
+            f"CPU us per fill: {f}")
 
     cores = os.cpu_count() or 1
     bound = out["recover_per_s"] * cores / 2
