@@ -165,15 +165,9 @@ class Intake:
             await node.txlog.append(fresh)
         return results
 
-    def maybe_final(self, raw: bytes, h: bytes) -> bool:
-        """Is this tx already in a committed block? Only a tx whose nonce the account has used can be,
-        so the receipt index is read only then (the sender and nonce sit at fixed offsets)."""
-        if len(raw) >= TX_HEAD.size and int.from_bytes(raw[29:37], "big") >= self.node._nonce_of(raw[9:29]):
-            return False
-        return self.is_final(h)
-
     def is_final(self, h: bytes) -> bool:
-        """In a committed block, or in one being written."""
+        """In a committed block, or in one being written (``admit`` asks only about txs whose nonce
+        the account has used: no other can be)."""
         node = self.node
         return node.store.receipt(h) is not None or any(h in c.hashes for c in node.committing)
 

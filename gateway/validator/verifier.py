@@ -29,7 +29,7 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from typing import Union
 
-from .crypto import ZERO_ADDRESS, keccak256, recover_many
+from .crypto import ZERO_ADDRESS, keccak256, keccak256_many, recover_many
 from .errors import DecodeError
 from .genesis import ChainParams
 from .order import ORDER_TYPEHASH, SIGNED_ORDER_SIZE, Domain
@@ -205,7 +205,7 @@ class Verifier:
         if not raws:
             return VerifyJob(raws, [], [])
         if hashes is None:
-            hashes = [keccak256(r) for r in raws]
+            hashes = keccak256_many(raws)
         loop = asyncio.get_running_loop()
         if self.pool is None:
             size = self.inline_chunk
