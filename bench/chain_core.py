@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from collections import deque
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from pathlib import Path
 
 from coincurve import PublicKey
@@ -92,13 +92,14 @@ def follow_sqlite(g, params, verified: list, n_blocks: int) -> dict[str, float]:
         committing: deque[Candidate] = deque()
         tip = Tip(store, committing)
         p0, t0 = time.process_time(), time.thread_time()
+        prev_fut: Future[None] | None = None
         for blk, vs in blocks:
             c0 = time.thread_time()
             tip.prefetch(touched_keys(vs))
             c1 = time.thread_time()
             res = execute_block(tip, tip.accumulator, blk, tip.head, params, header_at=tip.header_at, verified=vs)
             c2 = time.thread_time()
-            if committing:   # the previous block: wait for its write, make it the head
+            if prev_fut is not None:   # the previous block: wait for its write, make it the head
                 prev = committing[0]
                 prev_fut.result()
                 c3 = time.thread_time()
@@ -111,6 +112,7 @@ def follow_sqlite(g, params, verified: list, n_blocks: int) -> dict[str, float]:
             committing.append(Candidate(blk, res, tuple(vs), frozenset()))
             steps["prefetch"] += c1 - c0
             steps["execute"] += c2 - c1
+        assert prev_fut is not None
         prev_fut.result()
         store.finish(committing[0].block, committing[0].result)
         steps["other_threads"] = (time.process_time() - p0) - (time.thread_time() - t0)

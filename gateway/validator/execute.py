@@ -51,7 +51,7 @@ class Receipt(NamedTuple):
     """A final transaction's receipt (immutable; a named tuple: one is built per transaction)."""
     tx_hash: bytes
     height: int
-    index: int
+    index: int  # type: ignore[assignment]  # the position in the block (shadows tuple.index)
     type: int
     sender: bytes
     fill_id: bytes | None = None  # fills and reclaims: the order's EIP-712 digest
@@ -279,7 +279,7 @@ class BlockResult:
 
 def _run(state: StateView, acc: int, vtxs: Sequence[VerifiedTx], ctx: BlockContext) -> BlockResult:
     ov = Overlay(state)
-    receipts = []
+    receipts: list[Receipt] = []
     add = receipts.append
     i = 0
     try:

@@ -32,9 +32,9 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 from blake3 import blake3
-from typing import Protocol
 
 from .crypto import keccak256
 
@@ -242,7 +242,7 @@ def accumulate(items: Iterable[tuple[bytes, bytes]]) -> int:
     return acc & ACC_MASK
 
 
-_UNKNOWN = object()
+_UNKNOWN: Any = object()
 
 
 def update_accumulator(acc: int, base: StateView, writes: Mapping[bytes, bytes | None],

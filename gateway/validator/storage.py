@@ -400,7 +400,7 @@ class SqliteStore:
         pending: list[bytes] = []        # order keys of makers whose highest used nonce is not known yet
         for k in plain:
             cache[k] = None
-            if k[0] == _O and len(k) == _ORDER_KEY:
+            if len(k) == _ORDER_KEY and k[0] == _O:
                 t = top.get(k[1:21])
                 if t is None:
                     pending.append(k)
@@ -410,9 +410,9 @@ class SqliteStore:
             by_width.setdefault(len(k), []).append(k)
         if pending:
             makers = list({k[1:21] for k in pending})
-            q = {"lo": b"".join(b"O" + m for m in makers), "hi": b"".join(b"O" + m + _MAX_NONCE for m in makers),
-                 "n": len(makers)}
-            for i, key in c.execute(_TOP_ORDER_KEY, q):
+            bounds = {"lo": b"".join(b"O" + m for m in makers), "n": len(makers),
+                      "hi": b"".join(b"O" + m + _MAX_NONCE for m in makers)}
+            for i, key in c.execute(_TOP_ORDER_KEY, bounds):
                 top[makers[i]] = b"" if key is None else bytes(key)[21:]
             for k in pending:
                 if k[21:] <= top[k[1:21]]:
