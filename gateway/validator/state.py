@@ -32,7 +32,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from blake3 import blake3
 
@@ -109,8 +109,7 @@ class DictState:
 
 # ---- typed records -------------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class Account:
+class Account(NamedTuple):     # a named tuple: one is built per sender looked up (0.2 us, a dataclass 0.7)
     balance: int = 0
     nonce: int = 0
 
