@@ -56,7 +56,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seconds", type=float, default=30.0, help="measured load per setting (default 30)")
     p.add_argument("--warmup", type=float, default=5.0,
                    help="load before the measured window opens (default 5; 0 measures from a cold start)")
-    p.add_argument("--rate", type=int, default=12_000, help="fills signed per second of load (the offered ceiling)")
+    p.add_argument("--rate", type=int, default=20_000, help="fills signed per second of load (the offered ceiling)")
     p.add_argument("--accounts", type=int, default=2000)
     p.add_argument("--batch", type=int, default=1000, help="fills per chain_sendRawTransactions call")
     p.add_argument("--window", type=int, default=25_000, help="max fills submitted but not yet final")
