@@ -90,7 +90,8 @@ class _Setup:
         from gateway.cli.peer import read_key_file
         from gateway.db import open_gateway_db
         from gateway.market.settlement import SettlementConfig, Settler
-        from gateway.market.settlement_fills import ChainFillIndex, MappingDirectory, TradesFillSource
+        from gateway.market.settlement_fills import MappingDirectory, TradesFillSource
+        from gateway.market.settlement_fills_evm import chain_fill_index
         from gateway.validator.crypto import address_of, parse_address, private_key
         from gateway.validator.genesis import load_genesis
 
@@ -120,7 +121,7 @@ class _Setup:
             for h, a in json.loads(args.households.read_text()).items():
                 mapping[parse_address(a)] = h
         directory = MappingDirectory(mapping)
-        index = ChainFillIndex(self.conn, backend.name, backend.domain, directory=directory)
+        index = chain_fill_index(self.conn, backend, directory=directory)   # by backend: blocks or Filled events
         self.client = OutboxChainClient(backend, Outbox(args.db, backend.name), StaticKeyring([key]),
                                         config=ClientConfig())
         self.settler = Settler(self.conn, self.client, address_of(key), [trades, index],
@@ -210,7 +211,7 @@ def cmd_reclaim_expired(args: argparse.Namespace) -> int:
     from gateway.cli.peer import read_key_file
     from gateway.db import open_gateway_db
     from gateway.market.reclaim_watch import Watchtower
-    from gateway.market.settlement_fills import ChainFillIndex
+    from gateway.market.settlement_fills_evm import chain_fill_index
     from gateway.validator.crypto import address_of, private_key
     from gateway.validator.genesis import load_genesis
 
@@ -221,7 +222,7 @@ def cmd_reclaim_expired(args: argparse.Namespace) -> int:
         conn = open_gateway_db(args.db)
         outbox = Outbox(args.db, backend.name)
         client = OutboxChainClient(backend, outbox, StaticKeyring([key]), config=ClientConfig())
-        tower = Watchtower(conn, client, ChainFillIndex(conn, backend.name, backend.domain), g.params(),
+        tower = Watchtower(conn, client, chain_fill_index(conn, backend), g.params(),
                            address_of(key))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
