@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 from . import p2p
 from .block import Block, CompactBlock, Header, decode_block, decode_compact, merkle_root
 from .consensus import Propose, ProposalIn, SignVote
-from .crypto import keccak256
+from .crypto import keccak256_many
 from .errors import BAD_NONCE, BlockInvalid, ChainError, DecodeError
 from .execute import build_block, execute_block, touched_keys
 from .tip import Candidate
@@ -291,7 +291,7 @@ class Proposals:
         block = decode_block(payload[VOTE_SIZE:])
         self._matches(pv, block.header)
         prop = self.proposals[(pv.height, pv.round)] = Proposal(pv)
-        await self._take(prop, block.header, [keccak256(r) for r in block.txs], block.txs, None)
+        await self._take(prop, block.header, keccak256_many(block.txs), block.txs, None)
 
     async def _take(self, prop: Proposal, header: Header, hashes: Sequence[bytes], raws: Sequence[bytes] | None,
                     peer: p2p.Peer | None) -> None:
@@ -340,7 +340,7 @@ class Proposals:
 
     async def validate_block(self, block: Block) -> Candidate | None:
         """A full block (catch-up sync)."""
-        return await self.validate(block.header, [keccak256(r) for r in block.txs], block.txs)
+        return await self.validate(block.header, keccak256_many(block.txs), block.txs)
 
     async def _validate(self, header: Header, hashes: Sequence[bytes], raws: Sequence[bytes] | None,
                         peer: p2p.Peer | None, proposer: bytes | None) -> Candidate | None:
