@@ -6,10 +6,19 @@ at most ``SYNC_BATCH`` per request); the peer answers one BLOCK frame per final
 block (``certLen u32 | certificate | block``). Each block's certificate is
 checked (q precommits of authorities for that height and hash) and the block is
 re-executed before it is committed: synced blocks are not trusted.
+
+Validating a block awaits the signature checks of its txs the node does not hold
+yet, so by the time it is done the node may have that height already: decided
+by itself from the votes (a node just behind asks for blocks its consensus is
+about to decide) or the same block synced from another peer. Such a block is
+counted ``sync_block_decided_meanwhile`` and dropped, whatever its validation
+said (it ran over a tip that moved on); ``sync_block_invalid`` is a block at
+the next height, its certificate checked, that does not execute over the tip.
 """
 
 from __future__ import annotations
 
+import logging
 import struct
 import time
 from typing import TYPE_CHECKING
@@ -20,6 +29,8 @@ from .votes import decode_certificate, verify_certificate
 
 if TYPE_CHECKING:
     from .node import Node
+
+log = logging.getLogger(__name__)
 
 _U32 = struct.Struct(">I")
 GET = struct.Struct(">QI")
@@ -66,9 +77,20 @@ class Sync:
             return
         verify_certificate(cert, node.genesis.chain_id, node.authorities, block.header.height, block.hash)
         cand = await node.proposing.validate_block(block)
-        if cand is None or block.header.height != node.tip.head.height + 1:
-            if cand is None:
-                node.count("sync_block_invalid")
+        if block.header.height != node.tip.head.height + 1:
+            # the node got this height meanwhile (decided it itself, or the same block synced from
+            # another peer): the copy was executed over a tip that has moved on, so it may have come
+            # out "invalid" (parent mismatch) although it is the block just committed
+            mine = node.tip.header_at(block.header.height)
+            if mine is not None and mine.hash != block.hash:     # two certified blocks at one height
+                node.count("sync_block_conflict")
+                log.error("synced block %d %s certified, but this node has %s", block.header.height,
+                          block.hash.hex(), mine.hash.hex())
+            else:
+                node.count("sync_block_decided_meanwhile")
+            return
+        if cand is None:
+            node.count("sync_block_invalid")
             return
         node._commit(cand, cert)
         node.count("blocks_synced")
