@@ -136,12 +136,18 @@ def test_fills_are_found_in_bounded_ranges_and_a_restart_resumes_without_duplica
 # ---- hostile logs: anvil behind a proxy that corrupts eth_getLogs answers ----
 
 @asynccontextmanager
-async def corrupting_proxy(upstream: str, corrupt: Callable[[Any, list[Any]], Any]) -> AsyncIterator[str]:
-    """Forwards every call to anvil; ``eth_getLogs`` answers pass through ``corrupt(result, params)``."""
+async def corrupting_proxy(upstream: str, corrupt: Callable[[Any, list[Any]], Any],
+                           refuse: Callable[[list[Any]], str | None] = lambda p: None) -> AsyncIterator[str]:
+    """Forwards every call to anvil; ``eth_getLogs`` answers pass through ``corrupt(result, params)``, or the
+    call is refused with the JSON-RPC error message ``refuse(params)`` when that is not None."""
     session = ClientSession()
 
     async def handle(req: web.Request) -> web.Response:
         body = await req.json()
+        why = refuse(body["params"]) if body["method"] == "eth_getLogs" else None
+        if why is not None:
+            doc = {"jsonrpc": "2.0", "id": body["id"], "error": {"code": -32005, "message": why}}
+            return web.Response(text=json.dumps(doc), content_type="application/json")
         async with session.post(upstream, json=body) as r:
             doc = await r.json()
         if body["method"] == "eth_getLogs" and "result" in doc:
@@ -234,6 +240,30 @@ def test_hostile_logs_are_refused_with_counted_reasons_and_the_good_fill_indexed
                 await backend.aclose()
             conn2.close()
         await not_a_list()
+        conn.close()
+    asyncio.run(go())
+
+
+def test_a_node_that_refuses_large_ranges_gets_smaller_ones(chain: EvmChain, tmp_path: Path) -> None:
+    async def go() -> None:
+        fids = await fill_all(chain, tmp_path / "takers.db", [(61 * kit.INTERVAL, 6, 7, 301, 10, 100),
+                                                              (61 * kit.INTERVAL, 5, 7, 302, 10, 100)])
+        spans: list[int] = []
+
+        def refuse(params: list[Any]) -> str | None:   # Besu's and most providers' wording and limit style
+            n = int(params[0]["toBlock"], 16) - int(params[0]["fromBlock"], 16) + 1
+            spans.append(n)
+            return "block range too large: exceeds 4 blocks" if n > 4 else None
+
+        conn = open_gateway_db(tmp_path / "gw.db")
+        async with corrupting_proxy(chain.url, lambda r, p: r, refuse) as url:
+            backend = EvmBackend(url, chain.deployment)
+            idx = EvmFillIndex(conn, backend, max_range=1000)
+            await idx.sync()
+            assert set(fids) <= {bytes(r[0]) for r in rows(conn)}
+            assert idx.counters["range_halved"] >= 1 and max(spans[idx.counters["range_halved"]:]) <= 4
+            assert idx.scanned() == await backend.finalized_number()
+            await backend.aclose()
         conn.close()
     asyncio.run(go())
 
