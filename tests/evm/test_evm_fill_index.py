@@ -27,6 +27,7 @@ from gateway.market.settlement import SettlementConfig, Settler
 from gateway.market.settlement_fills import ChainFillIndex, MappingDirectory
 from gateway.market.settlement_fills_evm import (FILLED_SIGNATURE, FILLED_TOPIC, EvmFillIndex, chain_fill_index,
                                                  decode_filled, filled_topic)
+from gateway.validator.crypto import to_checksum
 from gateway.validator.order import Domain, sign_order
 from gateway.validator.tx import Fill
 from tests.evm.evm_kit import EvmChain, dispose, evm_chain, make_client
@@ -265,6 +266,42 @@ def test_a_node_that_refuses_large_ranges_gets_smaller_ones(chain: EvmChain, tmp
             assert idx.scanned() == await backend.finalized_number()
             await backend.aclose()
         conn.close()
+    asyncio.run(go())
+
+
+def test_a_fill_in_a_block_reorganised_away_before_final_is_never_indexed(tmp_path: Path) -> None:
+    """A reorganisation above the finality point (20 confirmations here), made with evm_snapshot / evm_revert:
+    the fill's log was on the node at ``latest`` but is never indexed, and the cursor passes its height."""
+    async def go() -> None:
+        with evm_chain(tmp_path) as ev:
+            b = ev.backend(EvmConfig(finality=20))
+            conn = open_gateway_db(tmp_path / "gw.db")
+            idx = EvmFillIndex(conn, b)
+            snap = ev.node.rpc("evm_snapshot")
+            o = kit.order(2, 401, noia=100, wh=10, expiry=FAR, interval_start=70 * kit.INTERVAL)
+            fid = o.digest(b.domain)
+            tx = b.build(Intent("fill", kit.addr(3), Fill(sign_order(o, b.domain, kit.key(2)))),
+                         await b.pending_nonce(kit.addr(3)), kit.key(3))
+            await b.send(tx.raw)
+            for _ in range(100):
+                st = await b.tx_status(tx.tx_hash)
+                if st.status == "included":
+                    break
+                await asyncio.sleep(0.05)
+            assert st.status == "included" and st.height is not None
+            seen = await b.rpc.call("eth_getLogs", {"address": to_checksum(ev.deployment.exchange),
+                                                    "fromBlock": hex(st.height), "toBlock": "latest"})
+            assert any(bytes.fromhex(lg["topics"][1][2:]) == fid for lg in seen)   # there to be found at latest
+            await idx.sync()
+            assert idx.scanned() < st.height and rows(conn) == []
+            assert ev.node.rpc("evm_revert", [snap]) is True                        # the block is gone
+            while await b.finalized_number() <= st.height + 2:
+                await asyncio.sleep(0.2)
+            await idx.sync()
+            assert idx.scanned() > st.height and rows(conn) == []
+            assert await b.fill_record(fid) is None and (await b.tx_status(tx.tx_hash)).status == "unknown"
+            conn.close()
+            await b.aclose()
     asyncio.run(go())
 
 
