@@ -20,7 +20,9 @@ and prove its address by signing our fresh challenge before any other frame
 is accepted. One connection per pair of addresses: when two exist, the one
 dialled by the lower address stays. Each connection has a token bucket on
 bytes and frames per second; a peer over it, or sending an oversize or
-malformed frame, is disconnected and the reason counted (``counters``).
+malformed frame, is disconnected and the reason counted (``counters``). What a
+peer may make this node send back is bounded too: TX_REPLY bytes per second
+(``serve_out``; txfetch.py refuses a GET_TXS beyond it, the peer stays).
 Non-authority peers may connect (observers); their votes and blocks are
 rejected by the node, which checks every signature itself. Sending is
 prioritised: queued votes, proposals and status frames go out before queued tx
@@ -78,6 +80,10 @@ class Limits:
     burst_s: float = 2.0                    # bucket size, in seconds of rate
     send_queue_bytes: int = 256 * 1024 * 1024
     handshake_s: float = 5.0
+    # TX_REPLY bytes served to one peer (txfetch.py): a follower that missed the gossip of every
+    # block still fits (docs/chain.md, Compact proposals); a GET_TXS flood gets no more than this
+    serve_bytes_per_s: float = 4 * 1024 * 1024
+    serve_burst_s: float = 2.0
 
 
 class _Bucket:
@@ -87,12 +93,25 @@ class _Bucket:
         self.level = self.cap
         self.t = time.monotonic()
 
-    def take(self, n: float) -> bool:
+    def _refill(self) -> None:
         now = time.monotonic()
         self.level = min(self.cap, self.level + (now - self.t) * self.rate)
         self.t = now
+
+    def take(self, n: float) -> bool:
+        self._refill()
         self.level -= n
         return self.level >= 0
+
+    def ready(self) -> bool:
+        """Not in debt: the next piece of work may go ahead, whatever its size (``spend`` charges it)."""
+        self._refill()
+        return self.level > 0
+
+    def spend(self, n: float) -> None:
+        """Charge ``n`` after the fact; the level may go below zero, a debt repaid at the rate."""
+        self._refill()
+        self.level -= n
 
 
 class Peer:
@@ -113,6 +132,7 @@ class Peer:
         self.closed = False
         self.bytes_in = _Bucket(net.limits.bytes_per_s, net.limits.burst_s)
         self.frames_in = _Bucket(net.limits.frames_per_s, net.limits.burst_s)
+        self.serve_out = _Bucket(net.limits.serve_bytes_per_s, net.limits.serve_burst_s)   # TX_REPLY bytes
         self.height = 0
         self.task: asyncio.Task[None] | None = None
 

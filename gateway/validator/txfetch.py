@@ -17,6 +17,11 @@ checks like any other. Every irregularity is counted: ``tx_reply_unknown_request
 not asked for, or whose hash is not the one asked), ``tx_reply_not_served`` (an
 asked tx missing from the reply), ``fetch_timeout``, ``fetch_no_peer``; a
 malformed frame counts ``get_txs_<reason>`` / ``tx_reply_<reason>`` (node.py).
+
+Serving is bounded per peer: TX_REPLY bytes per second with a burst (``p2p.Limits.serve_bytes_per_s``,
+``serve_burst_s``; a reply goes out whole while the peer's budget is not in debt and is charged
+after). A GET_TXS beyond it is not answered (``get_txs_over_budget``): the requester times out
+(``fetch_timeout``) and prevotes nil, as with a reply that never comes.
 """
 
 from __future__ import annotations
@@ -130,8 +135,16 @@ class TxFetch:
 
     def serve(self, peer: p2p.Peer, payload: bytes) -> None:
         """The asked txs this node holds (pending, in a block of this height, or in an intake check),
-        up to a block's size."""
+        up to a block's size; nothing (counted ``get_txs_over_budget``) while the peer is over its
+        serving budget (``peer.serve_out``: TX_REPLY bytes per second, p2p.Limits): 640 KB of hashes
+        ask for up to 20,000 txs (6.6 MB of fills, up to 32 MiB), so any authenticated peer could
+        otherwise make this node send ~10 times what it sends, without end. A refused requester gets
+        no reply and times out."""
         node = self.node
+        budget = peer.serve_out
+        if not budget.ready():
+            node.count("get_txs_over_budget")
+            return
         rid, hashes = decode_get_txs(payload)
         pending = node.mempool.pending
         inflight = node.intake.inflight
@@ -155,7 +168,10 @@ class TxFetch:
         node.count("get_txs_served", len(out))
         if len(out) != len(hashes):
             node.count("get_txs_unknown", len(hashes) - len(out))
-        peer.send(p2p.TX_REPLY, encode_tx_reply(rid, out))
+        reply = encode_tx_reply(rid, out)
+        budget.spend(len(reply))
+        node.count("get_txs_bytes_served", len(reply))
+        peer.send(p2p.TX_REPLY, reply)
 
     def close(self) -> None:
         for req in self.requests.values():

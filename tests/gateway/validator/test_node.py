@@ -315,12 +315,81 @@ def test_a_fetch_never_answered_times_out_and_the_follower_prevotes_nil(tmp_path
     asyncio.run(main())
 
 
+def test_a_get_txs_flood_is_served_at_most_the_budget_and_an_honest_follower_still_is(tmp_path):
+    """An observer (not an authority) floods GET_TXS for txs the node holds: it gets TX_REPLY bytes
+    within its serving budget (burst + rate x time + the one reply that took the budget into debt),
+    every request beyond it is refused and counted, and the node keeps making blocks. Another peer
+    that needs a few txs meanwhile has a budget of its own and is served."""
+    rate, burst_s = 20_000.0, 1.0
+    limits = p2p.Limits(serve_bytes_per_s=rate, serve_burst_s=burst_s)
+
+    async def main() -> None:
+        g = parse_genesis(genesis_doc(1, 0.2))
+        node = Node(node_configs(tmp_path, g, 1, limits=limits)[0])      # a lone authority: makes blocks
+        await node.start()
+        # a nonce gap keeps these pending (servable) and out of blocks
+        held = [kit.raw_tx(2, 100 + i, kit.transfer(6, 1 + i)) for i in range(60)]
+        assert all(isinstance(r, bytes) for r in await node.submit(held, gossip=False, log_intake=False))
+        hashes = [keccak256(r) for r in held]
+        flood: list[bytes] = []
+        got: list[bytes] = []
+
+        def recorder(into: list[bytes]):
+            async def record(peer, mtype, payload):
+                if mtype == p2p.TX_REPLY:
+                    into.append(payload)
+            return record
+
+        flooder = p2p.Network(AUTH_KEYS[5], g.chain_id, g.hash, ("127.0.0.1", 0), [node.net.listen], recorder(flood))
+        honest = p2p.Network(AUTH_KEYS[6], g.chain_id, g.hash, ("127.0.0.1", 0), [node.net.listen], recorder(got))
+        for net in (flooder, honest):
+            await net.start()
+            assert await wait_until(lambda: _peered(net), 5)
+        f_peer, h_peer = next(iter(flooder.peers.values())), next(iter(honest.peers.values()))
+        one_reply = len(encode_tx_reply(0, held))
+        height0 = node.store.head.height
+        t0 = time.monotonic()
+        sent = 0
+        while time.monotonic() - t0 < 2.0:
+            for _ in range(20):
+                f_peer.send(p2p.GET_TXS, encode_get_txs(sent, hashes))
+                sent += 1
+            await asyncio.sleep(0.02)
+        h_peer.send(p2p.GET_TXS, encode_get_txs(1, hashes[:3]))            # a follower that lacks 3 txs
+
+        async def all_handled() -> bool:
+            c = node.counters
+            return len(flood) + len(got) + c.get("get_txs_over_budget", 0) == sent + 1
+        assert await wait_until(all_handled, 10)
+        elapsed = time.monotonic() - t0
+        served = sum(len(r) for r in flood)
+        assert served <= rate * burst_s + rate * elapsed + one_reply, (served, elapsed)
+        assert len(flood) < sent // 4                                        # most of the flood refused ...
+        assert node.counters["get_txs_over_budget"] == sent - len(flood)    # ... each refusal counted
+        assert [decode_tx_reply(r) for r in got] == [(1, held[:3])]          # the honest follower: served
+        # a budget, not a ban: once its debt is repaid the flooder is served again
+        await asyncio.sleep((one_reply + 1) / rate)
+        n = len(flood)
+        f_peer.send(p2p.GET_TXS, encode_get_txs(10**6, hashes[:2]))
+        assert await wait_until(lambda: _async(len(flood) > n), 5)
+        assert decode_tx_reply(flood[-1]) == (10**6, held[:2])
+        # still up, still making blocks
+        (h,) = await node.submit([kit.raw_tx(3, 0, kit.transfer(6, 1))])
+        assert await wait_until(lambda: _async(node.store.receipt(h) is not None), 10)
+        assert node.store.head.height > height0
+        for net in (flooder, honest):
+            await net.stop()
+        await node.stop()
+    asyncio.run(main())
+
+
 class _StubPeer:
     height = 0
     closed = False
 
     def __init__(self) -> None:
         self.sent: list[int] = []
+        self.serve_out = p2p._Bucket(1e12, 1.0)
 
     def send(self, mtype: int, payload: bytes) -> None:
         self.sent.append(mtype)
