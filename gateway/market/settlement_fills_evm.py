@@ -36,7 +36,7 @@ from eth_abi.abi import encode as abi_encode
 from eth_utils.abi import abi_to_signature, event_abi_to_log_topic
 
 from gateway.chain_client.bundled import BundledBackend
-from gateway.chain_client.errors import RpcError
+from gateway.chain_client.errors import BAD_RESPONSE, ChainUnavailable, RpcError
 from gateway.chain_client.evm import EvmBackend
 from gateway.validator.crypto import keccak256, to_checksum
 
@@ -188,7 +188,8 @@ class EvmFillIndex(ChainFillIndex):
                 log.info("evm fill index: eth_getLogs %d..%d refused (%s); ranges of %d blocks", lo, hi, exc, span)
                 continue
             if not isinstance(logs, list):
-                raise self.backend._bad("eth_getLogs", logs)
+                self._count(BAD_RESPONSE)
+                raise ChainUnavailable(BAD_RESPONSE, f"eth_getLogs {lo}..{hi}: not a list: {logs!r:.200}")
             rows = []
             for lg in logs:
                 try:
