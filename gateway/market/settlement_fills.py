@@ -7,7 +7,9 @@
   (``chain_getBlockByNumber(n, true)``), decodes every fill transaction and indexes
   it by (grid, interval) in ``settlement_chain_fills``. A fill that reached the chain
   is found even if the gateway's records missed it. Households come from a
-  ``HouseholdDirectory`` (address -> household; the wallet knows it).
+  ``HouseholdDirectory`` (address -> household; the wallet knows it). On the EVM backend
+  its subclass ``EvmFillIndex`` (settlement_fills_evm.py) fills the same table from the
+  exchange's ``Filled`` events; ``settlement_fills_evm.chain_fill_index`` picks by backend.
 - ``chain_fill_state``: what the chain says about one fill id (escrowed, with the
   chain's maker, taker, Wh and NOIA; settled, with its amounts; reclaimed by its
   taker after the settle timeout, with the refund; or unknown).
