@@ -2,6 +2,11 @@
 and the reclaim watchtower (``reclaim-expired``: every fill nobody settled by its settle-timeout deadline
 gets its escrow back to its taker, sent from any account; gateway/market/reclaim_watch.py).
 
+The chain is the bundled one (``--genesis``, or without it the node's ``chain_status``) or an EVM
+deployment (``--deployment``, the record ``metanoia chain deploy --out`` writes; ``--rpc`` is then the
+EVM node, checked against the record's chain id and contract code before anything is sent). A missing
+or bad record, a node that cannot be reached or is not the deployment's chain: a one-line error, exit 2.
+
 Fills come from the agents' ``trades`` table and from the chain's own blocks (scanned
 and indexed in the gateway database); households of chain-only fills from the trades
 table's addresses and ``--households`` (a JSON file ``{"household": "0xaddress"}``).
@@ -19,7 +24,12 @@ import signal
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from gateway.chain_client.evm import EvmBackend
+    from gateway.evm.record import Deployment
+    from gateway.validator.genesis import ChainParams
 
 DEFAULT_CONTRACT = "0x5fbdb2315678afecb367f032d93f642f64180aa3"
 
@@ -31,11 +41,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     def chain_args(q: argparse.ArgumentParser) -> None:
         q.add_argument("--db", type=Path, required=True, help="the gateway database")
         q.add_argument("--grid", required=True, help="grid (complex) name, as in the device registry")
-        q.add_argument("--rpc", required=True, help="validator JSON-RPC URL")
+        q.add_argument("--rpc", required=True, help="the chain's JSON-RPC URL (validator, or EVM node with "
+                                                    "--deployment)")
         q.add_argument("--authority-key", type=Path, required=True, help="the complex authority's key file (0600)")
-        q.add_argument("--genesis", type=Path, help="genesis file (chain id, contract, interval length)")
-        q.add_argument("--contract", default=DEFAULT_CONTRACT, help="EIP-712 verifying contract (without --genesis)")
-        q.add_argument("--interval-seconds", type=int, default=None, help="default: the genesis's, else 900")
+        chain = q.add_mutually_exclusive_group()
+        chain.add_argument("--genesis", type=Path, help="bundled chain: genesis file (chain id, contract, interval)")
+        chain.add_argument("--deployment", type=Path, help="EVM chain: the deployment record of `metanoia chain "
+                                                           "deploy` (chain id, exchange, interval)")
+        q.add_argument("--contract", default=None, help="bundled chain: EIP-712 verifying contract (without "
+                                                        f"--genesis; default {DEFAULT_CONTRACT})")
+        q.add_argument("--interval-seconds", type=int, default=None,
+                       help="default: the genesis's or deployment's, else 900")
         q.add_argument("--grace", type=int, default=120, help="seconds after an interval's end before settling")
         q.add_argument("--households", type=Path, help='JSON {"household": "0xaddress"} for fills the trades '
                                                        "table does not know")
@@ -56,8 +72,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     rw = ps.add_parser("reclaim-expired", help="watchtower: reclaim every fill on the chain that nobody settled "
                                                "before its settle-timeout deadline (refunds go to the takers)")
     rw.add_argument("--db", type=Path, required=True, help="database for the chain index, outbox and outcomes")
-    rw.add_argument("--rpc", required=True, help="validator JSON-RPC URL")
-    rw.add_argument("--genesis", type=Path, required=True, help="the chain's genesis (interval, settle timeout)")
+    rw.add_argument("--rpc", required=True, help="the chain's JSON-RPC URL (validator, or EVM node with "
+                                                 "--deployment)")
+    rchain = rw.add_mutually_exclusive_group(required=True)
+    rchain.add_argument("--genesis", type=Path, help="bundled chain: its genesis (interval, settle timeout)")
+    rchain.add_argument("--deployment", type=Path, help="EVM chain: the deployment record of `metanoia chain "
+                                                        "deploy` (interval, settle timeout)")
     rw.add_argument("--key", type=Path, required=True,
                     help="the sending account's key file (0600); any account: a reclaim needs no NOIA")
     rw.add_argument("--every", type=float, default=60.0, help="seconds between passes")
@@ -82,6 +102,49 @@ def parse_start(text: str) -> int:
     return int(dt.timestamp())
 
 
+class SetupError(Exception):
+    """What the arguments point at is unusable (a record, a key, a node): one line on stderr, exit 2."""
+
+
+def load_deployment(path: Path) -> Deployment:
+    """The deployment record at ``path``, or ``SetupError`` saying what is wrong with it."""
+    from gateway.evm.record import DeployError, read_record
+    try:
+        return read_record(path)
+    except FileNotFoundError:
+        raise SetupError(f"--deployment {path}: no such file (`metanoia chain deploy --out` writes it)") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise SetupError(f"--deployment {path}: cannot read it: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise SetupError(f"--deployment {path}: not JSON ({exc})") from None
+    except DeployError as exc:
+        raise SetupError(f"--deployment {path}: {exc}") from None
+
+
+async def attach_evm(url: str, dep: Deployment, path: Path) -> EvmBackend:
+    """An ``EvmBackend`` on ``url`` that has checked the node is the record's chain with its contracts."""
+    from gateway.chain_client import ChainClientError, ChainUnavailable
+    from gateway.chain_client.evm import EvmBackend
+    backend = EvmBackend(url, dep)
+    try:
+        await backend.attach()
+    except ChainUnavailable as exc:
+        await backend.aclose()
+        raise SetupError(f"--rpc {url}: cannot reach the EVM node ({exc})") from None
+    except ChainClientError as exc:   # another chain id, no contract code, a node without eth_ methods
+        await backend.aclose()
+        raise SetupError(f"--rpc {url} is not the chain of --deployment {path}: {exc}") from None
+    return backend
+
+
+def deployment_params(dep: Deployment, backend: EvmBackend) -> ChainParams:
+    """The reclaim rule's parameters of an EVM deployment (its interval length and settle timeout)."""
+    from gateway.validator.genesis import ChainParams
+    if dep.settle_timeout is None:
+        raise SetupError("the deployment's Exchange has no settle timeout (no reclaim): nothing to watch")
+    return ChainParams(backend.domain, (), dep.complex_authority, dep.interval_seconds, 0, dep.settle_timeout)
+
+
 class _Setup:
     """Everything a settling command needs, built from the arguments (async: reads the chain id)."""
 
@@ -97,12 +160,23 @@ class _Setup:
 
         key = private_key(read_key_file(args.authority_key))
         interval_s = args.interval_seconds
-        if args.genesis is not None:
+        backend: BundledBackend | EvmBackend
+        if args.deployment is not None:
+            if args.contract is not None:
+                raise SetupError("--contract is for the bundled chain; --deployment names the exchange")
+            dep = load_deployment(args.deployment)
+            if interval_s is not None and interval_s != dep.interval_seconds:
+                raise SetupError(f"--interval-seconds {interval_s} is not the deployment's {dep.interval_seconds}")
+            if dep.complex_authority != address_of(key):
+                raise SetupError("--authority-key is not the deployment's complex authority")
+            backend = await attach_evm(args.rpc, dep, args.deployment)
+            interval_s = dep.interval_seconds
+        elif args.genesis is not None:
             g = load_genesis(args.genesis)
             backend = BundledBackend.from_genesis(args.rpc, g)
             interval_s = interval_s or g.interval_seconds
             if g.complex_authority != address_of(key):
-                raise ValueError("--authority-key is not the genesis's complex authority")
+                raise SetupError("--authority-key is not the genesis's complex authority")
         else:
             from gateway.chain_client.rpc import JsonRpcClient
             probe = JsonRpcClient(args.rpc, timeout=10)
@@ -110,7 +184,8 @@ class _Setup:
                 chain_id = int((await probe.call("chain_status"))["chainId"])
             finally:
                 await probe.aclose()
-            backend = BundledBackend(args.rpc, chain_id=chain_id, verifying_contract=parse_address(args.contract))
+            backend = BundledBackend(args.rpc, chain_id=chain_id,
+                                     verifying_contract=parse_address(args.contract or DEFAULT_CONTRACT))
         self.conn = open_gateway_db(args.db)
         trades = TradesFillSource(self.conn, args.grid)
         mapping: dict[bytes, str] = {}
@@ -160,7 +235,18 @@ def cmd_run(args: argparse.Namespace) -> int:
         finally:
             await s.close()
         return 0
-    return asyncio.run(go())
+    return _exit_2_on_error(go)
+
+
+def _exit_2_on_error(go: Any) -> int:
+    """Run ``go()``; a setup or chain failure is one line on stderr and exit 2, never a traceback."""
+    try:
+        return asyncio.run(go())  # type: ignore[no-any-return]
+    except SetupError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+    except Exception as exc:
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+    return 2
 
 
 def cmd_interval(args: argparse.Namespace) -> int:
@@ -181,11 +267,7 @@ def cmd_interval(args: argparse.Namespace) -> int:
         _print(args, r.to_json(), f"{r.start} {r.state} fills={r.fills} delivered={r.delivered_wh} Wh "
                                   f"paid={r.payment} refunded={r.refund}" + (f" ({r.reason})" if r.reason else ""))
         return 0 if r.state == "settled" else 1
-    try:
-        return asyncio.run(go())
-    except Exception as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return _exit_2_on_error(go)
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -217,13 +299,23 @@ def cmd_reclaim_expired(args: argparse.Namespace) -> int:
 
     async def go() -> int:
         key = private_key(read_key_file(args.key))
-        g = load_genesis(args.genesis)
-        backend = BundledBackend.from_genesis(args.rpc, g)
+        backend: BundledBackend | EvmBackend
+        if args.deployment is not None:
+            dep = load_deployment(args.deployment)
+            backend = await attach_evm(args.rpc, dep, args.deployment)
+            try:
+                params = deployment_params(dep, backend)
+            except SetupError:
+                await backend.aclose()
+                raise
+        else:
+            g = load_genesis(args.genesis)
+            backend = BundledBackend.from_genesis(args.rpc, g)
+            params = g.params()
         conn = open_gateway_db(args.db)
         outbox = Outbox(args.db, backend.name)
         client = OutboxChainClient(backend, outbox, StaticKeyring([key]), config=ClientConfig())
-        tower = Watchtower(conn, client, chain_fill_index(conn, backend), g.params(),
-                           address_of(key))
+        tower = Watchtower(conn, client, chain_fill_index(conn, backend), params, address_of(key))
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
@@ -241,8 +333,4 @@ def cmd_reclaim_expired(args: argparse.Namespace) -> int:
         finally:
             outbox.close()
             conn.close()
-    try:
-        return asyncio.run(go())
-    except Exception as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    return _exit_2_on_error(go)
