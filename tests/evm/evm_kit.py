@@ -8,11 +8,12 @@ day can run on both chains with the same accounts, orders and fill ids' inputs).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from aiohttp import web
 from coincurve import PrivateKey
 
 from gateway.chain_client import ClientConfig, Outbox, OutboxChainClient, StaticKeyring
@@ -87,3 +88,19 @@ def make_client(db: str | Path, url: str, deployment: Deployment, fault: Callabl
 async def dispose(c: OutboxChainClient) -> None:
     await c.aclose()
     c.outbox.close()
+
+
+@asynccontextmanager
+async def json_rpc_server(handle: Callable[[web.Request], Awaitable[web.Response]]) -> AsyncIterator[str]:
+    """``handle`` answering ``POST /`` on a free loopback port (a stand-in or a proxy in front of anvil);
+    yields its URL."""
+    app = web.Application()
+    app.router.add_post("/", handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
+    finally:
+        await runner.cleanup()

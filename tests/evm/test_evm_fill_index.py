@@ -30,7 +30,7 @@ from gateway.market.settlement_fills_evm import (FILLED_SIGNATURE, FILLED_TOPIC,
 from gateway.validator.crypto import to_checksum
 from gateway.validator.order import Domain, sign_order
 from gateway.validator.tx import Fill
-from tests.evm.evm_kit import EvmChain, dispose, evm_chain, make_client
+from tests.evm.evm_kit import EvmChain, dispose, evm_chain, json_rpc_server, make_client
 from tests.gateway.validator import kit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -155,17 +155,10 @@ async def corrupting_proxy(upstream: str, corrupt: Callable[[Any, list[Any]], An
             doc["result"] = corrupt(doc["result"], body["params"])
         return web.Response(text=json.dumps(doc), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
     try:
-        yield f"http://127.0.0.1:{port}/"
+        async with json_rpc_server(handle) as url:
+            yield url
     finally:
-        await runner.cleanup()
         await session.close()
 
 

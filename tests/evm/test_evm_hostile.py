@@ -27,6 +27,7 @@ from gateway.chain_client.evm_codec import (ERROR_SELECTOR, MAX_REVERT_DATA, PAN
 from gateway.evm.compile import compile_contracts
 from gateway.evm.deploy import Deployment
 from gateway.validator.crypto import keccak256
+from tests.evm.evm_kit import json_rpc_server
 
 H = b"\xab" * 32
 BH = b"\xcd" * 32
@@ -54,19 +55,12 @@ async def hostile_node(answers: dict[str, Any]) -> AsyncIterator[str]:
             doc = {"jsonrpc": "2.0", "id": body["id"], "error": e.obj}
         return web.Response(text=json.dumps(doc), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}/"
-    finally:
-        while _MADE:
-            await _MADE.pop().aclose()
-        await runner.cleanup()
+    async with json_rpc_server(handle) as url:
+        try:
+            yield url
+        finally:
+            while _MADE:
+                await _MADE.pop().aclose()
 
 
 def deployment() -> Deployment:

@@ -29,7 +29,7 @@ from gateway.chain_client.evm import EvmBackend
 from gateway.chain_client.evm_codec import GAS
 from gateway.validator.crypto import keccak256
 from gateway.validator.tx import SettleBatch, Settlement
-from tests.evm.evm_kit import KEYS, EvmChain, dispose, evm_chain, make_client
+from tests.evm.evm_kit import KEYS, EvmChain, dispose, evm_chain, json_rpc_server, make_client
 from tests.gateway.validator import kit
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -135,16 +135,8 @@ async def geth_ordered(anvil_url: str) -> AsyncIterator[str]:
             async with s.post(anvil_url, json=body) as r:
                 return web.Response(text=await r.text(), content_type="application/json")
 
-    app = web.Application()
-    app.router.add_post("/", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    try:
-        yield f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}/"  # type: ignore[union-attr]
-    finally:
-        await runner.cleanup()
+    async with json_rpc_server(handle) as url:
+        yield url
 
 
 def test_a_refused_resend_of_a_tx_already_mined_is_followed_not_rejected(chain: EvmChain, tmp_path: Path) -> None:
