@@ -113,7 +113,7 @@ class Node:
         self.gossip = Gossip(self)
         self.txfetch = TxFetch(self)
         self.net = p2p.Network(cfg.key, g.chain_id, g.hash, cfg.p2p, list(cfg.peers), self._on_frame,
-                               limits=cfg.limits, on_connect=self.gossip.on_connect)
+                               limits=cfg.limits, on_connect=self.gossip.on_connect, authorities=self.authorities)
         self.counters: dict[str, int] = {}
         self.timing: dict[str, float] = {}   # cumulative seconds on the event loop, per stage (a cheap profile)
         self.seen_votes: set[tuple[bytes, tuple[int, int, int], bytes]] = set()

@@ -24,8 +24,13 @@ malformed frame, is disconnected and the reason counted (``counters``). What a
 peer may make this node send back is bounded too: TX_REPLY bytes per second
 (``serve_out``; txfetch.py refuses a GET_TXS beyond it, the peer stays).
 Non-authority peers may connect (observers); their votes and blocks are
-rejected by the node, which checks every signature itself. Sending is
-prioritised: queued votes, proposals and status frames go out before queued tx
+rejected by the node, which checks every signature itself. What connections cost
+is bounded too: at most ``max_observers`` non-authority peers at once (one more is
+closed right after its handshake, ``observers_full``; authorities are always
+admitted) and at most ``max_pending_handshakes`` inbound sockets that have not
+finished the handshake (one more is closed at once, ``handshakes_full``; the
+node's own dials are not counted), whose frames may be no longer than a HELLO.
+Sending is prioritised: queued votes, proposals and status frames go out before queued tx
 gossip and sync blocks, so consensus latency does not grow with the tx load.
 """
 
@@ -37,7 +42,7 @@ import os
 import struct
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from coincurve import PrivateKey
@@ -66,6 +71,9 @@ BAD_AUTH = "bad_auth"
 UNEXPECTED = "unexpected_frame"
 SEND_QUEUE_FULL = "send_queue_full"
 HANDSHAKE_TIMEOUT = "handshake_timeout"
+OBSERVERS_FULL = "observers_full"
+HANDSHAKES_FULL = "handshakes_full"
+HANDSHAKE_FRAME = 128       # longest frame before the peer has proven its address (HELLO 93, AUTH 66)
 
 
 class P2PError(ChainError):
@@ -84,6 +92,10 @@ class Limits:
     # block still fits (docs/chain.md, Compact proposals); a GET_TXS flood gets no more than this
     serve_bytes_per_s: float = 4 * 1024 * 1024
     serve_burst_s: float = 2.0
+    # connections (docs/chain.md, P2P): non-authority peers connected at once (only when the Network knows
+    # the authority set), and inbound sockets still in the handshake
+    max_observers: int = 8
+    max_pending_handshakes: int = 32
 
 
 class _Bucket:
@@ -174,10 +186,10 @@ class Peer:
         finally:
             self.close()
 
-    async def read_frame(self) -> tuple[int, bytes]:
+    async def read_frame(self, max_frame: int | None = None) -> tuple[int, bytes]:
         head = await self.reader.readexactly(4)
         (n,) = _LEN.unpack(head)
-        if n == 0 or n > self.net.limits.max_frame:
+        if n == 0 or n > (max_frame or self.net.limits.max_frame):
             raise P2PError(FRAME_TOO_LARGE if n else UNEXPECTED, f"frame of {n} bytes")
         if not self.bytes_in.take(n + 4) or not self.frames_in.take(1):
             raise P2PError(RATE_LIMITED, "peer over its rate")
@@ -206,7 +218,8 @@ class Network:
 
     def __init__(self, key: PrivateKey, chain_id: int, genesis_hash: bytes, listen: tuple[str, int],
                  peers: list[tuple[str, int]], handler: Handler, *, limits: Limits | None = None,
-                 on_connect: Callable[[Peer], None] | None = None) -> None:
+                 on_connect: Callable[[Peer], None] | None = None,
+                 authorities: Iterable[bytes] | None = None) -> None:
         self.key = key
         self.address = address_of(key)
         self.chain_id = chain_id
@@ -216,6 +229,9 @@ class Network:
         self.handler = handler
         self.on_connect = on_connect
         self.limits = limits or Limits()
+        # None: the authority set is not known here (tools, tests), so no peer counts as an observer
+        self.authorities = frozenset(authorities) if authorities is not None else None
+        self.pending = 0                   # inbound sockets in the handshake
         self.peers: dict[bytes, Peer] = {}
         self.counters: dict[str, int] = {}
         self.partitioned = False           # fault injection: drop every connection, refuse new ones
@@ -278,6 +294,10 @@ class Network:
         if self.partitioned:
             writer.close()
             return
+        if self.pending >= self.limits.max_pending_handshakes:
+            self.count(HANDSHAKES_FULL)
+            writer.close()
+            return
         await self._run(reader, writer, outbound=False, dialled=None)
 
     async def _run(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, outbound: bool,
@@ -289,8 +309,15 @@ class Network:
         peer = Peer(self, reader, writer, outbound, dialled)
         self._conns.add(peer)
         wt = asyncio.create_task(peer._writer())
+        pending = not outbound
+        if pending:
+            self.pending += 1
         try:
-            await asyncio.wait_for(self._handshake(peer), self.limits.handshake_s)
+            try:
+                await asyncio.wait_for(self._handshake(peer), self.limits.handshake_s)
+            finally:
+                if pending:
+                    self.pending -= 1
             if not self._register(peer):
                 return
             while not peer.closed:
@@ -316,7 +343,7 @@ class Network:
     async def _handshake(self, peer: Peer) -> None:
         challenge = os.urandom(32)
         peer.send(HELLO, _HELLO.pack(self.chain_id, self.genesis_hash, self.address, challenge))
-        mtype, payload = await peer.read_frame()
+        mtype, payload = await peer.read_frame(HANDSHAKE_FRAME)
         if mtype != HELLO or len(payload) != _HELLO.size:
             raise P2PError(BAD_HELLO, "expected hello")
         chain_id, ghash, addr, their_challenge = _HELLO.unpack(payload)
@@ -326,7 +353,7 @@ class Network:
             raise P2PError(WRONG_GENESIS, "peer has another genesis")
         digest = keccak256(AUTH_DOMAIN + their_challenge + self.address + self.genesis_hash)
         peer.send(AUTH, sign_digest(self.key, digest))
-        mtype, payload = await peer.read_frame()
+        mtype, payload = await peer.read_frame(HANDSHAKE_FRAME)
         if mtype != AUTH:
             raise P2PError(BAD_AUTH, "expected auth")
         want = keccak256(AUTH_DOMAIN + challenge + addr + self.genesis_hash)
@@ -353,6 +380,12 @@ class Network:
                 self.count("duplicate_connection")
                 return False
             old.close()
+        elif self.authorities is not None and addr not in self.authorities:
+            observers = sum(1 for a in self.peers if a not in self.authorities and a != addr)
+            if observers >= self.limits.max_observers:
+                self.count(OBSERVERS_FULL)
+                log.debug("observer %s refused: %d observers connected", peer.name, observers)
+                return False
         self.peers[addr] = peer
         self.count("connected")
         log.info("peer %s connected (%s)", peer.name, "out" if peer.outbound else "in")
