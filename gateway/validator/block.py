@@ -80,17 +80,23 @@ class Block:
         return self.header.hash
 
 
+def _header_and_count(data: bytes, what: str, items: str) -> tuple[Header, int]:
+    """The header and the u32 count after it, both block forms' common prefix (count capped)."""
+    if len(data) < HEADER_SIZE + 4:
+        raise DecodeError(TRUNCATED, what)
+    header = Header.decode(data[:HEADER_SIZE])
+    (count,) = _U32.unpack_from(data, HEADER_SIZE)
+    if count > MAX_BLOCK_TXS:
+        raise DecodeError(TOO_LARGE, f"{count} {items} > {MAX_BLOCK_TXS}")
+    return header, count
+
+
 def decode_block(data: bytes) -> Block:
     """Strict: size caps, every length consistent, no trailing bytes (txs decoded later)."""
     n = len(data)
     if n > MAX_BLOCK_SIZE:
         raise DecodeError(TOO_LARGE, f"block {n} bytes")
-    if n < HEADER_SIZE + 4:
-        raise DecodeError(TRUNCATED, "block header")
-    header = Header.decode(data[:HEADER_SIZE])
-    (count,) = _U32.unpack_from(data, HEADER_SIZE)
-    if count > MAX_BLOCK_TXS:
-        raise DecodeError(TOO_LARGE, f"{count} txs > {MAX_BLOCK_TXS}")
+    header, count = _header_and_count(data, "block header", "txs")
     off = HEADER_SIZE + 4
     txs = []
     for _ in range(count):
@@ -127,12 +133,7 @@ def decode_compact(data: bytes) -> CompactBlock:
     """Strict: at most ``MAX_BLOCK_TXS`` hashes, the length exactly what the count says, no hash twice
     (a block cannot hold one tx twice: the second would fail its nonce)."""
     n = len(data)
-    if n < HEADER_SIZE + 4:
-        raise DecodeError(TRUNCATED, "compact block header")
-    header = Header.decode(data[:HEADER_SIZE])
-    (count,) = _U32.unpack_from(data, HEADER_SIZE)
-    if count > MAX_BLOCK_TXS:
-        raise DecodeError(TOO_LARGE, f"{count} tx hashes > {MAX_BLOCK_TXS}")
+    header, count = _header_and_count(data, "compact block header", "tx hashes")
     off = HEADER_SIZE + 4
     if n != off + 32 * count:
         raise DecodeError(TRUNCATED if n < off + 32 * count else BAD_LENGTH, f"{count} tx hashes in {n - off} bytes")
