@@ -126,6 +126,7 @@ class IngestService:
         self.client.max_inflight_messages_set(1000)
         self.client.on_socket_open = self._on_socket_open
         self.client.on_connect = self._on_connect
+        self.client.on_subscribe = self._on_subscribe
         self.client.on_disconnect = self._on_disconnect
         self.client.on_message = self._on_message
         self.connected = threading.Event()
@@ -144,7 +145,14 @@ class IngestService:
             return
         base = f"metanoia/{self.cfg.grid}/+/"
         client.subscribe([(base + "tele", 1), (base + "state", 1)])
-        log.info("connected to %s:%d, subscribed to %stele and %sstate", self.cfg.host, self.cfg.port, base, base)
+        log.info("connected to %s:%d, subscribing to %stele and %sstate", self.cfg.host, self.cfg.port, base, base)
+
+    def _on_subscribe(self, _c: paho.Client, _u: object, _mid: int, reasons: Any, _p: Any = None) -> None:
+        # "connected" means taking readings: only once the broker has granted the subscriptions
+        # (a reading published before that reaches nobody; the device resends it, being unacked)
+        if any(r.is_failure for r in reasons):
+            log.warning("broker refused a subscription: %s", [str(r) for r in reasons])
+            return
         self.connected.set()
 
     def _on_disconnect(self, _c: paho.Client, _u: object, _f: Any, reason: Any, _p: Any = None) -> None:
