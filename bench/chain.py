@@ -94,6 +94,14 @@ def _sign_range(args: tuple[int, int, int, int]) -> list[bytes]:
     return out
 
 
+def sign_fills(n: int, accounts: int, step: int = 5000, t0: int | None = None) -> list[bytes]:
+    """``n`` signed fills (``_sign_range``) in a pool of one process per core."""
+    t0 = int(time.time()) if t0 is None else t0
+    with ProcessPoolExecutor(os.cpu_count() or 1) as pool:
+        parts = pool.map(_sign_range, [(lo, min(n, lo + step), accounts, t0) for lo in range(0, n, step)])
+        return [r for p in parts for r in p]
+
+
 def genesis_doc(n_auth: int, accounts: int, block_time: float) -> tuple[dict[str, Any], list[bytes]]:
     auth_keys = [(30_000 + i).to_bytes(32, "big") for i in range(n_auth)]
     addrs = [address_of(private_key(k)) for k in _keys(accounts)]
@@ -335,11 +343,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     n = int(args.rate * (args.seconds + args.warmup))
     log(f"signing {n:,} fills ({args.accounts} accounts) before the clock starts...")
     t = time.perf_counter()
-    t0 = int(time.time())
-    step = 5000
-    with ProcessPoolExecutor(cores) as pool:
-        parts = list(pool.map(_sign_range, [(lo, min(n, lo + step), args.accounts, t0) for lo in range(0, n, step)]))
-    raws = [r for p in parts for r in p]
+    raws = sign_fills(n, args.accounts)
     log(f"  signed in {time.perf_counter() - t:.1f} s; fill tx = {len(raws[0])} bytes")
     bodies, hashes = [], []
     for i in range(0, n, args.batch):

@@ -37,11 +37,11 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor
+from concurrent.futures import Executor, Future
 from pathlib import Path
 from typing import Any
 
-from bench.chain import _sign_range, genesis_doc
+from bench.chain import genesis_doc, sign_fills
 from gateway.validator.crypto import keccak256, private_key
 
 BLOCK = 5000
@@ -67,14 +67,6 @@ class InProcessPool(Executor):
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         pass
-
-
-def _sign(n: int, accounts: int) -> list[bytes]:
-    t0 = int(time.time())
-    step = 2500
-    with ProcessPoolExecutor(2) as pool:
-        parts = pool.map(_sign_range, [(lo, min(n, lo + step), accounts, t0) for lo in range(0, n, step)])
-        return [r for p in parts for r in p]
 
 
 async def _play(raws: list[bytes], accounts: int, data: Path) -> dict[str, float]:
@@ -180,7 +172,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args(argv)
     n = args.fills // BLOCK * BLOCK
-    raws = _sign(n, args.accounts)
+    raws = sign_fills(n, args.accounts)
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as d:

@@ -32,22 +32,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench.chain import _sign_range, genesis_doc
+from bench.chain import genesis_doc, sign_fills
 from gateway.validator.crypto import address_of, private_key
 
 _LEN = struct.Struct(">I")
-
-
-def _sign(n: int, accounts: int) -> list[bytes]:
-    t0 = int(time.time())
-    step = 1000
-    with ProcessPoolExecutor(2) as pool:
-        parts = pool.map(_sign_range, [(lo, min(n, lo + step), accounts, t0) for lo in range(0, n, step)])
-        return [r for p in parts for r in p]
 
 
 class _Peer:
@@ -175,7 +166,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     p.add_argument("--accounts", type=int, default=2000)
     p.add_argument("--repeat", type=int, default=5)
     args = p.parse_args(argv)
-    raws = _sign(args.fills, args.accounts)
+    raws = sign_fills(args.fills, args.accounts)
     runs = []
     for _ in range(args.repeat):
         with tempfile.TemporaryDirectory() as d:

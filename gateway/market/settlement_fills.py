@@ -224,17 +224,23 @@ class ChainFillIndex:
                     o = Order.decode(raw[HEADER_SIZE:HEADER_SIZE + 160])
                     rows.append((o.digest(self.domain), o.grid, o.interval_start, o.maker, raw[9:29], o.wh,
                                  str(o.noia), n))
-            self.conn.execute("BEGIN IMMEDIATE")
-            try:
-                self.conn.executemany("INSERT OR IGNORE INTO settlement_chain_fills VALUES (?,?,?,?,?,?,?,?)", rows)
-                self.conn.execute("INSERT INTO settlement_chain_scan (chain, height) VALUES (?, ?) ON CONFLICT "
-                                  "(chain) DO UPDATE SET height = excluded.height", (self.chain, n))
-                self.conn.execute("COMMIT")
-            except BaseException:
-                self.conn.execute("ROLLBACK")
-                raise
+            self._commit(rows, n)
             found += len(rows)
         return found
+
+    def _commit(self, rows: list[tuple[Any, ...]], height: int) -> int:
+        """The rows and the cursor in one transaction; returns the rows new to the table."""
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            n = self.conn.executemany("INSERT OR IGNORE INTO settlement_chain_fills VALUES (?,?,?,?,?,?,?,?)",
+                                      rows).rowcount if rows else 0
+            self.conn.execute("INSERT INTO settlement_chain_scan (chain, height) VALUES (?, ?) ON CONFLICT "
+                              "(chain) DO UPDATE SET height = excluded.height", (self.chain, height))
+            self.conn.execute("COMMIT")
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        return max(n, 0)
 
     def fills(self, grid: bytes, interval_start: int) -> Sequence[FillRecord]:
         d = self.directory

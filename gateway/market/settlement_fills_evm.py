@@ -203,19 +203,6 @@ class EvmFillIndex(ChainFillIndex):
             lo = hi + 1
         return found
 
-    def _commit(self, rows: list[tuple[Any, ...]], height: int) -> int:
-        """The range's rows and the cursor in one transaction; returns the rows new to the table."""
-        self.conn.execute("BEGIN IMMEDIATE")
-        try:
-            n = self.conn.executemany("INSERT OR IGNORE INTO settlement_chain_fills VALUES (?,?,?,?,?,?,?,?)",
-                                      rows).rowcount if rows else 0
-            self.conn.execute("INSERT INTO settlement_chain_scan (chain, height) VALUES (?, ?) ON CONFLICT "
-                              "(chain) DO UPDATE SET height = excluded.height", (self.chain, height))
-            self.conn.execute("COMMIT")
-        except BaseException:
-            self.conn.execute("ROLLBACK")
-            raise
-        return max(n, 0)
 
 
 def chain_fill_index(conn: sqlite3.Connection, backend: BundledBackend | EvmBackend, *,
